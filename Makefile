@@ -1,0 +1,43 @@
+# The Makefile is the CI: .ci/run calls `make lint test`.
+GO        ?= go
+BIN       := bin/balancer
+STATICCHECK_VERSION := v0.8.2
+PKGS      := ./...
+
+.PHONY: build run test lint tidy fuzz integ bench clean tools
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/balancer
+
+# run: the main job — a local demo (see README).
+run: build
+	./scripts/run-local.sh
+
+test:
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+lint:
+	@test -z "$$(gofmt -s -l . | tee /dev/stderr)" || (echo "gofmt -s: files above need formatting" && exit 1)
+	$(GO) vet $(PKGS)
+	@if command -v staticcheck >/dev/null 2>&1; then staticcheck $(PKGS); else echo "staticcheck not installed (make tools); skipped"; fi
+	@! $(GO) list -f '{{join .Imports "\n"}}' ./proxy/pick | grep -q '\.' || (echo "proxy/pick must import only the standard library" && exit 1)
+
+tools:
+	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+tidy:
+	$(GO) mod tidy && git diff --exit-code go.mod go.sum
+
+fuzz:
+	@echo "no fuzz targets yet (the gossip decoder gets one)"
+
+integ:
+	$(GO) test -race -run Integ $(PKGS)
+
+bench: build
+	mkdir -p bench-results
+	$(GO) test -run '^$$' -bench . -benchmem ./proxy/... ./breaker/... | tee bench-results/micro.txt
+	./scripts/throughput.sh | tee bench-results/throughput.txt
+
+clean:
+	rm -rf bin bench-results

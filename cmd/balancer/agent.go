@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+
+	"github.com/thebalancer/balancer/node"
+	"github.com/thebalancer/balancer/proxy"
+	"github.com/thebalancer/balancer/proxy/pick"
+)
+
+// backendFlags collects repeatable -backend ID=HOST:PORT[@WEIGHT] values.
+type backendFlags []proxy.Backend
+
+func (b *backendFlags) String() string {
+	parts := make([]string, len(*b))
+	for i, x := range *b {
+		parts[i] = fmt.Sprintf("%s=%s@%d", x.ID, x.Address, x.Weight)
+	}
+	return strings.Join(parts, ",")
+}
+
+func (b *backendFlags) Set(v string) error {
+	be, err := parseBackend(v)
+	if err != nil {
+		return err
+	}
+	*b = append(*b, be)
+	return nil
+}
+
+// parseBackend parses ID=HOST:PORT[@WEIGHT]; the weight defaults to 1.
+func parseBackend(v string) (proxy.Backend, error) {
+	id, rest, ok := strings.Cut(v, "=")
+	if !ok || id == "" {
+		return proxy.Backend{}, fmt.Errorf("%q: want ID=HOST:PORT[@WEIGHT]", v)
+	}
+	if rest == "" {
+		return proxy.Backend{}, fmt.Errorf("%q: backend %s has no address (want ID=HOST:PORT[@WEIGHT])", v, id)
+	}
+	addr, weight := rest, int64(1)
+	if a, w, ok := strings.Cut(rest, "@"); ok {
+		n, err := strconv.ParseInt(w, 10, 32)
+		if err != nil {
+			return proxy.Backend{}, fmt.Errorf("%q: weight %q is not a whole number", v, w)
+		}
+		addr, weight = a, n
+	}
+	b := proxy.Backend{ID: id, Address: addr, Weight: int32(weight)}
+	if err := node.ValidateBackend(b); err != nil {
+		return proxy.Backend{}, err
+	}
+	return b, nil
+}
+
+func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
+	cfg := node.DefaultConfig()
+	fs := flag.NewFlagSet("balancer agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var backends backendFlags
+	var logFormat, logLevel string
+	fs.StringVar(&cfg.Name, "node", cfg.Name, "unique `name` of this node in the cluster")
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "client traffic listener, `HOST:PORT`")
+	fs.StringVar(&cfg.Proxy.Mode, "mode", cfg.Proxy.Mode, "proxy `mode`: http (L7 reverse proxy) or tcp (L4 stream proxy)")
+	fs.StringVar(&cfg.Admin, "admin", cfg.Admin, "admin API, /metrics and status page listener, `HOST:PORT`")
+	fs.Var(&backends, "backend", "static backend `ID=HOST:PORT[@WEIGHT]` (repeatable; weight 0.."+strconv.Itoa(node.MaxWeight)+", default 1)")
+	fs.StringVar(&cfg.Proxy.Algorithm, "algorithm", cfg.Proxy.Algorithm, "balancing `algorithm`: "+strings.Join(pick.Names(), " | "))
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` for the node's state on disk (created if missing)")
+	fs.DurationVar(&cfg.Proxy.DialTimeout, "dial-timeout", cfg.Proxy.DialTimeout, "bound on connecting to a backend; a failed connect is retried on another backend")
+	fs.DurationVar(&cfg.Proxy.ResponseTimeout, "response-timeout", cfg.Proxy.ResponseTimeout, "bound on waiting for a backend's response headers (http mode); then 504")
+	fs.DurationVar(&cfg.Proxy.IdleTimeout, "idle-timeout", cfg.Proxy.IdleTimeout, "close a tcp-mode connection after this long with no bytes either way")
+	fs.IntVar(&cfg.Proxy.MaxTries, "max-tries", cfg.Proxy.MaxTries, fmt.Sprintf("backends one request may try when connects fail (1..%d)", pick.MaxTries))
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "on SIGINT/SIGTERM, how long in-flight requests may take to finish")
+	fs.IntVar(&cfg.Breaker.ErrorPercent, "breaker-error-percent", cfg.Breaker.ErrorPercent, "open a backend's circuit when this percentage of its requests fail (1..100)")
+	fs.IntVar(&cfg.Breaker.MinRequests, "breaker-min-requests", cfg.Breaker.MinRequests, "requests in the 10 s window before a circuit may open")
+	fs.DurationVar(&cfg.Breaker.SleepWindow, "breaker-sleep", cfg.Breaker.SleepWindow, "how long an open circuit waits before one trial request")
+	fs.StringVar(&logFormat, "log-format", "text", "log `format`: text or json")
+	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "Usage: balancer agent [flags]\n\nRuns one balancer node: proxies client traffic on -listen to the backends,\nserves the admin API on -admin, stops gracefully on SIGINT/SIGTERM.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, logFormat, logLevel)
+	if err != nil {
+		return err
+	}
+	cfg.Backends = backends
+	cfg.Logger = log
+	n, err := node.New(cfg)
+	if err != nil {
+		return usageError{err}
+	}
+	return n.Run(ctx)
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("-log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, usagef("-log-format %q: want text or json", format)
+}

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestBadInputExitsWithStatus2(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	dir := t.TempDir()
+	base := []string{"agent", "-node", "t", "-listen", "127.0.0.1:0", "-admin", "127.0.0.1:0", "-data-dir", dir}
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"backend without address", append(base, "-backend", "a="), "no address"},
+		{"backend without =", append(base, "-backend", "127.0.0.1:80"), "ID=HOST:PORT"},
+		{"weight not a number", append(base, "-backend", "a=127.0.0.1:80@heavy"), "not a whole number"},
+		{"weight out of range", append(base, "-backend", "a=127.0.0.1:80@100000"), "weight"},
+		{"unknown algorithm", append(base, "-algorithm", "fastest"), "-algorithm"},
+		{"unknown mode", append(base, "-mode", "udp"), "-mode"},
+		{"port in use", []string{"agent", "-node", "t", "-listen", busy.Addr().String(), "-admin", "127.0.0.1:0", "-data-dir", dir}, "address already in use"},
+		{"unknown flag", append(base, "-nope"), "flag provided but not defined"},
+		{"bad log format", append(base, "-log-format", "xml"), "-log-format"},
+		{"unknown command", []string{"frobnicate"}, "unknown command"},
+		{"no command", nil, "no command"},
+		{"demo backend bad fail rate", []string{"demo-backend", "-fail-rate", "2"}, "-fail-rate"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			err := run(context.Background(), tc.args, &out, &errb)
+			code := exitCode(err, &errb)
+			if code != 2 {
+				t.Fatalf("exit %d, want 2 (err %v)", code, err)
+			}
+			if !strings.Contains(errb.String(), tc.want) {
+				t.Fatalf("stderr %q does not mention %q", errb.String(), tc.want)
+			}
+		})
+	}
+}
+
+func TestHelpExitsZeroAndExplainsFlags(t *testing.T) {
+	var out, errb bytes.Buffer
+	err := run(context.Background(), []string{"agent", "-h"}, &out, &errb)
+	if code := exitCode(err, &errb); code != 0 {
+		t.Fatalf("-h exit %d", code)
+	}
+	for _, flag := range []string{"-node", "-listen", "-mode", "-admin", "-backend", "-algorithm", "-data-dir", "least-conn-local"} {
+		if !strings.Contains(errb.String(), flag) {
+			t.Errorf("agent -h does not mention %s", flag)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the agent's log writes and the test's reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestAgentRunsAndStopsOnCancel(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out bytes.Buffer
+	var logs syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"agent", "-node", "t", "-listen", "127.0.0.1:0", "-admin", "127.0.0.1:0",
+			"-data-dir", t.TempDir(), "-backend", "a=127.0.0.1:9@2", "-log-format", "json"}, &out, &logs)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), `"msg":"node started"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no start line in the JSON log: %s", logs.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("agent stopped with %v; log: %s", err, logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent did not stop on cancel")
+	}
+	if !strings.Contains(logs.String(), `"msg":"node stopped"`) {
+		t.Errorf("no stop line in the log: %s", logs.String())
+	}
+}
+
+func TestParseBackend(t *testing.T) {
+	b, err := parseBackend("web-1=10.0.0.5:8080@7")
+	if err != nil || b.ID != "web-1" || b.Address != "10.0.0.5:8080" || b.Weight != 7 {
+		t.Fatalf("%+v %v", b, err)
+	}
+	b, err = parseBackend("web-2=[::1]:80")
+	if err != nil || b.Weight != 1 || b.Address != "[::1]:80" {
+		t.Fatalf("default weight: %+v %v", b, err)
+	}
+}

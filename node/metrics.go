@@ -1,0 +1,82 @@
+package node
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/thebalancer/balancer/breaker"
+	"github.com/thebalancer/balancer/proxy"
+)
+
+// collector turns the proxy's and breakers' own counters into Prometheus
+// metrics at scrape time, so the request path never touches the metrics
+// library.
+type collector struct {
+	n         *Node
+	requests  *prometheus.Desc
+	failures  *prometheus.Desc
+	latency   *prometheus.Desc
+	inflight  *prometheus.Desc
+	breaker   *prometheus.Desc
+	rejected  *prometheus.Desc
+	bucketsUp []float64
+}
+
+func newCollector(n *Node) *collector {
+	labels := []string{"backend"}
+	return &collector{
+		n:         n,
+		requests:  prometheus.NewDesc("balancer_backend_requests_total", "Requests (or TCP connections) this node completed to the backend.", labels, nil),
+		failures:  prometheus.NewDesc("balancer_backend_failures_total", "Requests to the backend that failed: connect errors, timeouts, 5xx answers.", labels, nil),
+		latency:   prometheus.NewDesc("balancer_backend_request_duration_seconds", "Time from sending a request to the backend to the end of its response.", labels, nil),
+		inflight:  prometheus.NewDesc("balancer_backend_inflight", "Requests this node has in flight to the backend.", labels, nil),
+		breaker:   prometheus.NewDesc("balancer_backend_circuit_state", "Circuit state of the backend on this node: 1 for the current state.", []string{"backend", "state"}, nil),
+		rejected:  prometheus.NewDesc("balancer_rejected_total", "Requests answered 503 (or TCP connections closed) because no backend could take them.", nil, nil),
+		bucketsUp: proxy.LatencyBuckets(),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	prometheus.DescribeByCollect(c, ch)
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	states := c.n.breakers.States()
+	for _, s := range c.n.proxy.Stats() {
+		ch <- prometheus.MustNewConstMetric(c.requests, prometheus.CounterValue, float64(s.Requests), s.ID)
+		ch <- prometheus.MustNewConstMetric(c.failures, prometheus.CounterValue, float64(s.Failures), s.ID)
+		ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(s.InFlight), s.ID)
+		buckets := make(map[float64]uint64, len(c.bucketsUp))
+		var cum uint64
+		for i, ub := range c.bucketsUp {
+			cum += s.Latency.Counts[i]
+			buckets[ub] = cum
+		}
+		ch <- prometheus.MustNewConstHistogram(c.latency, s.Latency.Count(), s.Latency.Sum.Seconds(), buckets, s.ID)
+		cur, ok := states[s.ID]
+		if !ok {
+			cur = breaker.Closed
+		}
+		for _, st := range []breaker.State{breaker.Closed, breaker.Open, breaker.HalfOpen} {
+			v := 0.0
+			if st == cur {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(c.breaker, prometheus.GaugeValue, v, s.ID, st.String())
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(c.n.proxy.Rejected()))
+}
+
+func promhttpHandler(reg *prometheus.Registry) http.Handler {
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+}
+
+// registerRuntime adds the Go runtime and process collectors; only for a
+// registry the node owns, since a shared one may have them already.
+func registerRuntime(reg *prometheus.Registry) {
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+}

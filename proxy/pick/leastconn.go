@@ -1,0 +1,95 @@
+package pick
+
+// maxInflight caps the count a policy reads. Real counts are far below it;
+// the cap keeps a corrupted counter from turning comparisons into nonsense.
+const maxInflight = 1 << 40
+
+// leastConn sends each request to the candidate with the lowest load per
+// unit of weight, so a backend with weight 2 is kept at about twice the
+// in-flight requests of one with weight 1.
+//
+// It scans every candidate (O(n) per pick): the loads change under every
+// request, so there is nothing to precompute.
+type leastConn struct {
+	// peers adds the load other nodes report (Candidate.Peers) to our own
+	// count. Without it (least-conn-local) each node balances only its own
+	// requests, which is exact for one node and blind to the rest of the
+	// cluster; with it, nodes see each other's load, but every node sees
+	// the same stale view and may pile onto the same idle backend between
+	// gossip rounds. Anti-herding refinements belong in load.
+	peers bool
+}
+
+// load is the candidate's load as this policy scores it.
+func (p *leastConn) load(c *Candidate) float64 {
+	l := float64(inflight(c))
+	// Written as > 0 so that a NaN or negative value from a bad report
+	// counts as nothing instead of poisoning every comparison.
+	if p.peers && c.Peers > 0 {
+		l += c.Peers
+	}
+	return l
+}
+
+// inflight reads the local in-flight count. A nil counter (a candidate the
+// proxy never counts) reads as idle rather than crashing the request, and a
+// negative one (a double decrement elsewhere) as zero.
+func inflight(c *Candidate) int64 {
+	if c.Local == nil {
+		return 0
+	}
+	return min(max(c.Local.Load(), 0), maxInflight)
+}
+
+// Pick implements Policy. Loads are compared as la*wb < lb*wa instead of
+// la/wa < lb/wb: no division on the hot path, and in float64 the products
+// (at most 2^40 * 2^31 plus Peers) cannot overflow.
+//
+// Ties go to a uniformly random one of the tied candidates. Always taking
+// the first would send every idle moment's traffic to the lowest index;
+// starting the scan at a random index would favour whichever tied candidate
+// follows a run of busier ones. Uniform choice needs a second pass over the
+// counters, which may have moved since the first: a tied candidate that is
+// no longer tied is passed over, and if the chosen one is gone the first
+// minimum wins. Either way the pick was a minimum a moment ago, which is all
+// any reading of live counters can promise.
+func (p *leastConn) Pick(c []Candidate, r Rand, skip Skip) int {
+	best, ties := -1, 0
+	var bl, bw float64
+	for i := range c {
+		ci := &c[i]
+		if !ci.Available() || skip.Has(i) {
+			continue
+		}
+		l, w := p.load(ci), float64(ci.Weight)
+		if best < 0 {
+			best, bl, bw, ties = i, l, w, 1
+			continue
+		}
+		switch x, y := l*bw, bl*w; {
+		case x < y:
+			best, bl, bw, ties = i, l, w, 1
+		case x == y:
+			ties++
+		}
+	}
+	if ties <= 1 {
+		return best
+	}
+	k := r.IntN(ties)
+	if k == 0 {
+		return best
+	}
+	for i := best + 1; i < len(c); i++ {
+		ci := &c[i]
+		if !ci.Available() || skip.Has(i) {
+			continue
+		}
+		if p.load(ci)*bw == bl*float64(ci.Weight) {
+			if k--; k == 0 {
+				return i
+			}
+		}
+	}
+	return best
+}

@@ -1,0 +1,454 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/thebalancer/balancer/proxy/pick"
+)
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// deadAddr returns a loopback address nothing listens on.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func hostPort(u string) string { return strings.TrimPrefix(u, "http://") }
+
+// startHTTP builds an HTTP-mode proxy over routes and serves it.
+func startHTTP(t *testing.T, cfg Config, routes []Route, newCircuit func(string) Circuit) (*Proxy, string) {
+	t.Helper()
+	cfg.Mode = ModeHTTP
+	p, err := New(cfg, newCircuit, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.SetRoutes(routes)
+	srv := httptest.NewServer(p)
+	t.Cleanup(srv.Close)
+	t.Cleanup(p.CloseIdle)
+	return p, srv.URL
+}
+
+func route(id, addr string) Route {
+	return Route{Backend: Backend{ID: id, Address: addr, Weight: 1}}
+}
+
+func namedBackend(t *testing.T, name string) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Backend", name)
+		io.Copy(io.Discard, r.Body)
+		fmt.Fprint(w, name)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func totalInFlight(p *Proxy) int64 {
+	var n int64
+	for _, v := range p.InFlight() {
+		n += v
+	}
+	return n
+}
+
+func get(t *testing.T, url string) (int, string, http.Header) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+func TestHTTPSpreadsOverBackends(t *testing.T) {
+	a, b, c := namedBackend(t, "a"), namedBackend(t, "b"), namedBackend(t, "c")
+	cfg := DefaultConfig()
+	cfg.Algorithm = pick.RoundRobin
+	p, url := startHTTP(t, cfg, []Route{route("a", hostPort(a.URL)), route("b", hostPort(b.URL)), route("c", hostPort(c.URL))}, nil)
+	seen := map[string]int{}
+	for i := 0; i < 30; i++ {
+		code, body, _ := get(t, url)
+		if code != 200 {
+			t.Fatalf("status %d", code)
+		}
+		seen[body]++
+	}
+	if seen["a"] != 10 || seen["b"] != 10 || seen["c"] != 10 {
+		t.Fatalf("round-robin over 3 backends, 30 requests: got %v", seen)
+	}
+	eventually(t, 2*time.Second, "in-flight back to 0", func() bool { return totalInFlight(p) == 0 })
+	var reqs uint64
+	for _, s := range p.Stats() {
+		reqs += s.Requests
+	}
+	if reqs != 30 {
+		t.Fatalf("stats count %d requests, want 30", reqs)
+	}
+}
+
+func TestHTTPHeaders(t *testing.T) {
+	var got http.Header
+	var host string
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = r.Header.Clone()
+		host = r.Host
+		w.Header().Set("Connection", "X-Secret")
+		w.Header().Set("X-Secret", "hop")
+		w.Header().Set("Keep-Alive", "timeout=5")
+		w.Header().Set("X-End", "kept")
+	}))
+	defer be.Close()
+	_, url := startHTTP(t, DefaultConfig(), []Route{route("a", hostPort(be.URL))}, nil)
+	req, _ := http.NewRequest("GET", url+"/x", nil)
+	req.Host = "app.example"
+	req.Header.Set("Connection", "X-Hop")
+	req.Header.Set("X-Hop", "must not pass")
+	req.Header.Set("Proxy-Authorization", "Basic Zm9v")
+	req.Header.Set("X-Forwarded-For", "203.0.113.9")
+	req.Header.Set("X-End", "passes")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got.Get("X-Hop") != "" || got.Get("Proxy-Authorization") != "" {
+		t.Errorf("hop-by-hop request headers reached the backend: %v", got)
+	}
+	if got.Get("X-End") != "passes" {
+		t.Errorf("end-to-end header lost: %v", got)
+	}
+	if xff := got.Get("X-Forwarded-For"); xff != "203.0.113.9, 127.0.0.1" {
+		t.Errorf("X-Forwarded-For = %q, want the client chain with 127.0.0.1 appended", xff)
+	}
+	if got.Get("X-Forwarded-Proto") != "http" || got.Get("X-Forwarded-Host") != "app.example" {
+		t.Errorf("X-Forwarded-Proto/Host = %q/%q", got.Get("X-Forwarded-Proto"), got.Get("X-Forwarded-Host"))
+	}
+	if host != "app.example" {
+		t.Errorf("backend saw Host %q, want the client's", host)
+	}
+	if resp.Header.Get("X-Secret") != "" || resp.Header.Get("Keep-Alive") != "" {
+		t.Errorf("hop-by-hop response headers reached the client: %v", resp.Header)
+	}
+	if resp.Header.Get("X-End") != "kept" {
+		t.Errorf("end-to-end response header lost")
+	}
+}
+
+func TestHTTPStreamsResponse(t *testing.T) {
+	release := make(chan struct{})
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "first\n")
+		w.(http.Flusher).Flush()
+		<-release
+		fmt.Fprint(w, "second\n")
+	}))
+	defer be.Close()
+	defer close(release)
+	_, url := startHTTP(t, DefaultConfig(), []Route{route("a", hostPort(be.URL))}, nil)
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || line != "first\n" {
+		t.Fatalf("first chunk not streamed before the backend finished: %q %v", line, err)
+	}
+}
+
+func TestHTTPRequestBodyStreamsToBackend(t *testing.T) {
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprint(w, n)
+	}))
+	defer be.Close()
+	_, url := startHTTP(t, DefaultConfig(), []Route{route("a", hostPort(be.URL))}, nil)
+	pr, pw := io.Pipe()
+	go func() {
+		for i := 0; i < 64; i++ {
+			pw.Write(make([]byte, 16<<10))
+		}
+		pw.Close()
+	}()
+	resp, err := http.Post(url, "application/octet-stream", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != fmt.Sprint(64*16<<10) {
+		t.Fatalf("backend read %s bytes of a chunked upload", b)
+	}
+}
+
+func TestHTTPRetriesConnectFailureOnAnotherBackend(t *testing.T) {
+	good := namedBackend(t, "good")
+	cfg := DefaultConfig()
+	cfg.Algorithm = pick.RoundRobin
+	p, url := startHTTP(t, cfg, []Route{route("dead", deadAddr(t)), route("good", hostPort(good.URL))}, nil)
+	for i := 0; i < 20; i++ {
+		code, body, _ := get(t, url)
+		if code != 200 || body != "good" {
+			t.Fatalf("request %d: %d %q; connect failures must be retried", i, code, body)
+		}
+		resp, err := http.Post(url, "text/plain", strings.NewReader("payload"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("POST with a body after a connect failure: %d", resp.StatusCode)
+		}
+	}
+	for _, s := range p.Stats() {
+		if s.ID == "dead" && s.Failures == 0 {
+			t.Errorf("the dead backend's connect failures were not counted")
+		}
+	}
+	eventually(t, 2*time.Second, "in-flight back to 0", func() bool { return totalInFlight(p) == 0 })
+}
+
+func TestHTTPNoBackendIs503WithJSONReason(t *testing.T) {
+	cases := []struct {
+		name   string
+		routes []Route
+		reason string
+	}{
+		{"none configured", nil, "no backends configured"},
+		{"all drained", []Route{{Backend: Backend{ID: "a", Address: "127.0.0.1:1", Weight: 1, Drain: true}}}, "drained"},
+		{"weight zero", []Route{{Backend: Backend{ID: "a", Address: "127.0.0.1:1", Weight: 0}}}, "weight 0"},
+		{"all open", []Route{{Backend: Backend{ID: "a", Address: "127.0.0.1:1", Weight: 1}, Down: true}}, "circuit is open"},
+		{"all unreachable", []Route{route("a", deadAddr(t)), route("b", deadAddr(t))}, "connection refused"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p, url := startHTTP(t, DefaultConfig(), tc.routes, nil)
+			code, body, h := get(t, url)
+			if code != http.StatusServiceUnavailable {
+				t.Fatalf("status %d, want 503 (body %s)", code, body)
+			}
+			if h.Get("Content-Type") != "application/json" {
+				t.Errorf("Content-Type %q", h.Get("Content-Type"))
+			}
+			var e struct{ Error string }
+			if err := json.Unmarshal([]byte(body), &e); err != nil || !strings.Contains(e.Error, tc.reason) {
+				t.Fatalf("body %s: want a JSON error naming %q", body, tc.reason)
+			}
+			if p.Rejected() != 1 {
+				t.Errorf("rejected = %d, want 1", p.Rejected())
+			}
+			if n := totalInFlight(p); n != 0 {
+				t.Errorf("in-flight %d after a rejected request", n)
+			}
+		})
+	}
+}
+
+func TestHTTPInFlightExactUnderAbortAndTimeout(t *testing.T) {
+	var inHandler sync.WaitGroup
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inHandler.Done()
+		select {
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+		}
+	}))
+	defer be.Close()
+	cfg := DefaultConfig()
+	cfg.ResponseTimeout = 200 * time.Millisecond
+	p, url := startHTTP(t, cfg, []Route{route("slow", hostPort(be.URL))}, nil)
+
+	// Backend timeout: the proxy answers 504 and releases the slot.
+	inHandler.Add(1)
+	code, _, _ := get(t, url)
+	if code != http.StatusGatewayTimeout {
+		t.Fatalf("backend timeout: status %d, want 504", code)
+	}
+	eventually(t, 2*time.Second, "in-flight 0 after a backend timeout", func() bool { return totalInFlight(p) == 0 })
+
+	// Client aborts while the backend works: the slot is released too.
+	cfg.ResponseTimeout = 10 * time.Second
+	p2, url2 := startHTTP(t, cfg, []Route{route("slow", hostPort(be.URL))}, nil)
+	const n = 8
+	inHandler.Add(n)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequestWithContext(ctx, "GET", url2, nil)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	inHandler.Wait()
+	if got := totalInFlight(p2); got != n {
+		t.Fatalf("in-flight %d while %d requests wait on the backend", got, n)
+	}
+	cancel()
+	wg.Wait()
+	eventually(t, 2*time.Second, "in-flight 0 after client aborts", func() bool { return totalInFlight(p2) == 0 })
+}
+
+func TestHTTPAbortMidBodyReleasesSlot(t *testing.T) {
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for {
+			if _, err := w.Write(make([]byte, 4096)); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			time.Sleep(time.Millisecond)
+		}
+	}))
+	defer be.Close()
+	p, url := startHTTP(t, DefaultConfig(), []Route{route("a", hostPort(be.URL))}, nil)
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadFull(resp.Body, make([]byte, 10000))
+	if totalInFlight(p) != 1 {
+		t.Fatalf("in-flight %d during a streaming response", totalInFlight(p))
+	}
+	resp.Body.Close()
+	eventually(t, 2*time.Second, "in-flight 0 after closing mid-body", func() bool { return totalInFlight(p) == 0 })
+}
+
+func TestHTTPUpgradePassesThrough(t *testing.T) {
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" {
+			http.Error(w, "want upgrade", 400)
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		io.Copy(conn, brw)
+	}))
+	defer be.Close()
+	p, url := startHTTP(t, DefaultConfig(), []Route{route("a", hostPort(be.URL))}, nil)
+	conn, err := net.Dial("tcp", hostPort(url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade response %v %v", resp, err)
+	}
+	if totalInFlight(p) != 1 {
+		t.Errorf("an upgraded connection must count as in flight: %d", totalInFlight(p))
+	}
+	fmt.Fprint(conn, "ping")
+	buf := make([]byte, 4)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(br, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo over the upgraded connection: %q %v", buf, err)
+	}
+	conn.Close()
+	eventually(t, 2*time.Second, "in-flight 0 after the upgraded connection closed", func() bool { return totalInFlight(p) == 0 })
+}
+
+// fakeCircuit records outcomes and can refuse.
+type fakeCircuit struct {
+	refuse          atomic.Bool
+	ok, failed, can atomic.Int64
+}
+
+func (c *fakeCircuit) Allow() (bool, bool) { return !c.refuse.Load(), false }
+func (c *fakeCircuit) Done(trial, success bool) {
+	if success {
+		c.ok.Add(1)
+	} else {
+		c.failed.Add(1)
+	}
+}
+func (c *fakeCircuit) Cancel(bool) { c.can.Add(1) }
+
+func TestHTTPCircuitSeesOutcomes(t *testing.T) {
+	fails := namedBackend(t, "x")
+	errBackend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "boom", 500)
+	}))
+	defer errBackend.Close()
+	circuits := map[string]*fakeCircuit{"ok": {}, "err": {}, "refusing": {}}
+	circuits["refusing"].refuse.Store(true)
+	cfg := DefaultConfig()
+	cfg.Algorithm = pick.RoundRobin
+	_, url := startHTTP(t, cfg, []Route{route("ok", hostPort(fails.URL)), route("err", hostPort(errBackend.URL)), route("refusing", hostPort(fails.URL))},
+		func(id string) Circuit { return circuits[id] })
+	for i := 0; i < 30; i++ {
+		get(t, url)
+	}
+	eventually(t, 2*time.Second, "outcomes reported", func() bool {
+		return circuits["ok"].ok.Load()+circuits["err"].failed.Load() == 30
+	})
+	if circuits["ok"].failed.Load() != 0 || circuits["err"].ok.Load() != 0 {
+		t.Errorf("2xx must count as success and 5xx as failure")
+	}
+	if n := circuits["refusing"].ok.Load() + circuits["refusing"].failed.Load(); n != 0 {
+		t.Errorf("a refusing circuit's backend got %d requests", n)
+	}
+}
+
+func TestProxyConfigValidate(t *testing.T) {
+	bad := []func(*Config){
+		func(c *Config) { c.Mode = "udp" },
+		func(c *Config) { c.Algorithm = "fastest" },
+		func(c *Config) { c.MaxTries = 0 },
+		func(c *Config) { c.MaxTries = pick.MaxTries + 1 },
+		func(c *Config) { c.DialTimeout = 0 },
+	}
+	for i, mod := range bad {
+		c := DefaultConfig()
+		mod(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("case %d: want an error", i)
+		}
+	}
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
