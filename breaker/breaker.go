@@ -461,14 +461,12 @@ func (s *Set) report(c *Circuit, now time.Time) {
 		n = s.perFlush
 	}
 	var acc int64
-	println("report", c.backend, ok, fail, n)
 	for range n {
 		ev := c.success
 		if acc += fail; acc >= n {
 			acc -= n
 			ev = c.failure
 		}
-		print(ev[0][:1])
 		if c.cb.ReportEvent(ev, now, 0) != nil {
 			return // hystrix's channel is full; the rest would be dropped too
 		}

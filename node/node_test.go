@@ -380,4 +380,3 @@ func TestPortInUse(t *testing.T) {
 		t.Fatalf("want a -listen error for a port in use, got %v", err)
 	}
 }
-

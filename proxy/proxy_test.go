@@ -451,4 +451,3 @@ func TestProxyConfigValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
