@@ -14,6 +14,7 @@ func (n *Node) adminSources() admin.Sources {
 		Config:  configView{n},
 		Ready:   n.ready,
 		Metrics: promhttpHandler(n.registry),
+		Pprof:   n.cfg.Pprof,
 	}
 }
 

@@ -46,6 +46,8 @@ type Config struct {
 	Breaker  breaker.Config       // circuit thresholds
 	Logger   *slog.Logger         // nil: discard
 	Registry *prometheus.Registry // nil: a fresh one per node
+	// Pprof serves the Go profiler on the admin listener.
+	Pprof bool
 	// ShutdownTimeout bounds how long in-flight requests may take to finish
 	// after a stop signal before their connections are closed.
 	ShutdownTimeout time.Duration

@@ -23,25 +23,14 @@ import (
 type httpForwarder struct {
 	p         *Proxy
 	rp        *httputil.ReverseProxy
-	transport *http.Transport
+	transport *backendTransport
 	buffers   bufferPool
 }
 
 func newHTTPForwarder(p *Proxy) *httpForwarder {
-	dialer := &net.Dialer{Timeout: p.cfg.DialTimeout, KeepAlive: 30 * time.Second}
 	f := &httpForwarder{
-		p: p,
-		transport: &http.Transport{
-			DialContext:           dialer.DialContext,
-			MaxIdleConns:          0, // no global cap; the per-backend cap below applies
-			MaxIdleConnsPerHost:   p.cfg.MaxIdlePerBackend,
-			IdleConnTimeout:       90 * time.Second,
-			ResponseHeaderTimeout: p.cfg.ResponseTimeout,
-			ExpectContinueTimeout: time.Second,
-			// A proxy must pass the client's Accept-Encoding through as is,
-			// not negotiate gzip on its own.
-			DisableCompression: true,
-		},
+		p:         p,
+		transport: newBackendTransport(p.cfg.DialTimeout, p.cfg.ResponseTimeout, p.cfg.MaxIdlePerBackend),
 	}
 	f.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -60,9 +49,10 @@ func newHTTPForwarder(p *Proxy) *httpForwarder {
 		Transport:    f,
 		BufferPool:   &f.buffers,
 		ErrorHandler: f.writeError,
-		// Flush as the backend sends: ReverseProxy already does so for
-		// streaming responses, and buffering adds latency to small ones.
-		FlushInterval: -1,
+		// FlushInterval stays 0: ReverseProxy flushes streaming responses
+		// (no Content-Length, or text/event-stream) after every write on
+		// its own, and a negative value would also flush the headers
+		// separately from a timer goroutine, a second write per response.
 	}
 	return f
 }
@@ -235,6 +225,6 @@ func (bp *bufferPool) Put(b []byte) { bp.pool.Put(&b) }
 // CloseIdle drops pooled backend connections; called on shutdown.
 func (p *Proxy) CloseIdle() {
 	if p.http != nil {
-		p.http.transport.CloseIdleConnections()
+		p.http.transport.CloseIdle()
 	}
 }

@@ -119,11 +119,14 @@ func (f *tcpForwarder) serve(ctx context.Context, client net.Conn) {
 			skip.Add(i)
 			continue
 		}
+		// A connect is all a TCP proxy can judge a backend by; reporting it
+		// now also ends a half-open trial without waiting for a long
+		// session to finish.
+		u.circuit.Done(trial, true)
 		pipe(client, backend, p.cfg.IdleTimeout)
 		backend.Close()
 		u.inflight.Add(-1)
 		u.stats.observe(time.Since(start), false)
-		u.circuit.Done(trial, true)
 		return
 	}
 	p.rejected.Add(1)

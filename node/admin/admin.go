@@ -10,6 +10,7 @@ package admin
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 )
 
 // Load is the answer of GET /v1/load.
@@ -71,6 +72,9 @@ type Sources struct {
 	Ready func() error
 	// Metrics serves /metrics.
 	Metrics http.Handler
+	// Pprof exposes the Go profiler under /debug/pprof/ (off by default:
+	// profiles reveal internals and cost CPU).
+	Pprof bool
 }
 
 // NewHandler returns the admin API handler.
@@ -93,6 +97,12 @@ func NewHandler(s Sources) http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "node": s.Node})
 	})
 	mux.Handle("GET /metrics", s.Metrics)
+	if s.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		renderStatus(w, s)
 	})

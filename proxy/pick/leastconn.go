@@ -41,6 +41,11 @@ func inflight(c *Candidate) int64 {
 	return min(max(c.Local.Load(), 0), maxInflight)
 }
 
+// tieBuf is how many tied candidates Pick remembers in its first pass. At
+// low traffic every count is zero and all candidates tie, so remembering
+// them spares a second pass over the counters for sets up to this size.
+const tieBuf = 16
+
 // Pick implements Policy. Loads are compared as la*wb < lb*wa instead of
 // la/wa < lb/wb: no division on the hot path, and in float64 the products
 // (at most 2^40 * 2^31 plus Peers) cannot overflow.
@@ -48,12 +53,13 @@ func inflight(c *Candidate) int64 {
 // Ties go to a uniformly random one of the tied candidates. Always taking
 // the first would send every idle moment's traffic to the lowest index;
 // starting the scan at a random index would favour whichever tied candidate
-// follows a run of busier ones. Uniform choice needs a second pass over the
-// counters, which may have moved since the first: a tied candidate that is
-// no longer tied is passed over, and if the chosen one is gone the first
-// minimum wins. Either way the pick was a minimum a moment ago, which is all
-// any reading of live counters can promise.
+// follows a run of busier ones. Beyond tieBuf ties, uniform choice needs a
+// second pass over the counters, which may have moved since the first: a
+// tied candidate that is no longer tied is passed over, and if the chosen
+// one is gone the first minimum wins. Either way the pick was a minimum a
+// moment ago, which is all any reading of live counters can promise.
 func (p *leastConn) Pick(c []Candidate, r Rand, skip Skip) int {
+	var tied [tieBuf]int32
 	best, ties := -1, 0
 	var bl, bw float64
 	for i := range c {
@@ -62,14 +68,14 @@ func (p *leastConn) Pick(c []Candidate, r Rand, skip Skip) int {
 			continue
 		}
 		l, w := p.load(ci), float64(ci.Weight)
-		if best < 0 {
+		x, y := l*bw, bl*w
+		if best < 0 || x < y {
 			best, bl, bw, ties = i, l, w, 1
-			continue
-		}
-		switch x, y := l*bw, bl*w; {
-		case x < y:
-			best, bl, bw, ties = i, l, w, 1
-		case x == y:
+			tied[0] = int32(i)
+		} else if x == y {
+			if ties < tieBuf {
+				tied[ties] = int32(i)
+			}
 			ties++
 		}
 	}
@@ -77,10 +83,11 @@ func (p *leastConn) Pick(c []Candidate, r Rand, skip Skip) int {
 		return best
 	}
 	k := r.IntN(ties)
-	if k == 0 {
-		return best
+	if k < tieBuf {
+		return int(tied[k])
 	}
-	for i := best + 1; i < len(c); i++ {
+	k -= tieBuf - 1
+	for i := int(tied[tieBuf-1]) + 1; i < len(c); i++ {
 		ci := &c[i]
 		if !ci.Available() || skip.Has(i) {
 			continue

@@ -93,9 +93,15 @@ type Policy interface {
 // State is what a policy keeps across candidate-set rebuilds, such as the
 // rotation position of round-robin. The proxy owns one per listener and hands
 // it to every New, so that a rebuild (which happens often once gossip runs)
-// does not restart the rotation at the first backend.
+// does not restart the rotation at the first backend. The zero value is
+// ready to use; a State may be shared by concurrent New and Pick calls.
 type State struct {
 	next atomic.Uint64
+	// wrr is the last weighted-round-robin schedule built. Most rebuilds
+	// change only loads, which the schedule does not depend on, so New
+	// reuses it when the weights and availability are unchanged instead of
+	// recomputing up to maxSchedule entries.
+	wrr atomic.Pointer[wrrSchedule]
 }
 
 // Policy names, as accepted by New and the -algorithm flag.

@@ -255,7 +255,7 @@ func TestForeignSlice(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			p := mustNew(t, name, cands(1, 1, 1, 1, 1), new(State))
 			for _, c := range [][]Candidate{
-				down(cands(1, 0, 1), 0),
+				down(cands(1, 0, 1, 1), 0),
 				down(cands(1, 1, 1, 1, 1), 0, 1, 2, 3),
 				down(cands(1, 1, 1, 1, 1, 1, 1), 6),
 			} {
@@ -263,6 +263,9 @@ func TestForeignSlice(t *testing.T) {
 			}
 			if got := p.Pick(nil, seeded(), Skip{}); got != -1 {
 				t.Errorf("Pick(nil) = %d, want -1", got)
+			}
+			if got := p.Pick(down(cands(1, 1, 1), 0, 1), seeded(), skipOf(2)); got != -1 {
+				t.Errorf("Pick(none eligible) = %d, want -1", got)
 			}
 		})
 	}

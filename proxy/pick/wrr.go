@@ -1,6 +1,9 @@
 package pick
 
-import "math"
+import (
+	"math"
+	"slices"
+)
 
 // maxSchedule caps the length of a weighted-round-robin schedule (about
 // 256 KiB of int32). Weights whose reduced sum is larger are scaled down to
@@ -8,22 +11,33 @@ import "math"
 const maxSchedule = 1 << 16
 
 // maxWalk bounds how far Pick walks along the schedule past skipped entries
-// before it falls back to sharing evenly among the eligible candidates. Runs of skipped entries are
-// short unless the skipped candidates own most of the weight, so 16 covers
-// the common retry case without making the worst case expensive.
+// before it falls back to sharing evenly among the eligible candidates.
+// Runs of skipped entries are short unless the skipped candidates own most
+// of the weight, so 16 covers the common retry case without making the
+// worst case expensive.
 const maxWalk = 16
 
 // weightedRoundRobin hands out traffic in exact proportion to weight,
 // interleaved so that no backend gets a burst (weights 5:1:1 give
 // a b a a c a a, not a a a a a b c).
 //
-// The interleaving is precomputed once per rebuild into a schedule and Pick
-// only indexes it with the shared atomic counter. The usual smooth WRR
+// The interleaving is precomputed into a schedule whenever weights or
+// availability change (rebuilds that change only loads reuse it, see
+// State), and Pick only indexes it with the shared atomic counter. The usual smooth WRR
 // (nginx) instead updates per-backend "current weights" on every pick, which
 // needs a lock; indexing a fixed schedule needs none.
 type weightedRoundRobin struct {
 	st *State // shared across rebuilds, see roundRobin.st
 	n  int    // len(c) at New, to detect a foreign slice
+	*wrrSchedule
+}
+
+// wrrSchedule is what weighted-round-robin precomputes. It is immutable
+// once built, so policies built from equal weights share one.
+type wrrSchedule struct {
+	// key is each candidate's weight, or 0 if unavailable: the inputs
+	// the schedule was built from.
+	key []int32
 	// sched is one cycle: candidate i appears w(i) times, where w is its
 	// weight divided by the gcd of all available weights (and scaled down
 	// if the cycle would exceed maxSchedule).
@@ -34,16 +48,27 @@ type weightedRoundRobin struct {
 }
 
 func newWeightedRoundRobin(c []Candidate, st *State) *weightedRoundRobin {
-	avail := availableIndices(c)
-	w := make([]int64, len(avail))
-	for k, i := range avail {
-		w[k] = int64(c[i].Weight)
+	key := make([]int32, len(c))
+	for i := range c {
+		if c[i].Available() {
+			key[i] = c[i].Weight
+		}
 	}
-	reduce(w)
-	if scale(w, maxSchedule) {
+	s := st.wrr.Load()
+	if s == nil || !slices.Equal(s.key, key) {
+		avail := availableIndices(c)
+		w := make([]int64, len(avail))
+		for k, i := range avail {
+			w[k] = int64(c[i].Weight)
+		}
 		reduce(w)
+		if scale(w, maxSchedule) {
+			reduce(w)
+		}
+		s = &wrrSchedule{key: key, sched: smooth(avail, w), avail: avail}
+		st.wrr.Store(s)
 	}
-	return &weightedRoundRobin{st: st, n: len(c), sched: smooth(avail, w), avail: avail}
+	return &weightedRoundRobin{st: st, n: len(c), wrrSchedule: s}
 }
 
 // Pick implements Policy. A skipped candidate's slot goes to the next
@@ -82,93 +107,103 @@ func (p *weightedRoundRobin) Pick(c []Candidate, _ Rand, skip Skip) int {
 // Each appearance is a unit job: the j-th appearance of k is released at
 // j/w[k] of the cycle and due at (j+1)/w[k], and each slot runs the
 // released job with the earliest due time (earliest deadline first, ties to
-// the lower index). This keeps every prefix of the schedule within one pick
-// of the ideal share for every candidate, the same bound nginx's smooth WRR
-// gives, and additionally spreads the heavy candidate evenly across the
+// the lower index). This keeps every prefix of the schedule strictly within
+// one pick of the ideal share for every candidate (TestSmoothLag), a bound
+// nginx's smooth WRR only nearly meets (it strays to about 1.09 on random
+// weights), and it spreads the heavy candidate evenly across the
 // wrap-around, which matters because the cycle repeats. It costs
-// O(sum(w) log len(w)) instead of nginx's O(sum(w) len(w)), which keeps a
-// rebuild with a thousand backends in the low milliseconds.
+// O(sum(w) log len(w)) instead of nginx's O(sum(w) len(w)): about 1 ms for
+// a thousand backends of weights 1..10, 15 ms at maxSchedule (BenchmarkNew).
 func smooth(idx []int32, w []int64) []int32 {
 	var total int64
 	for _, x := range w {
 		total += x
 	}
 	out := make([]int32, 0, total)
-	// next[k] counts k's appearances so far; it is also the number of k's
-	// current job. Keys are compared as fractions by cross-multiplying;
-	// every factor is at most total, so the products fit in int64.
-	next := make([]int64, len(w))
-	pending := minHeap{less: func(a, b int32) bool { // by release time
-		x, y := next[a]*w[b], next[b]*w[a]
-		return x < y || x == y && a < b
-	}}
-	ready := minHeap{less: func(a, b int32) bool { // by due time
-		x, y := (next[a]+1)*w[b], (next[b]+1)*w[a]
-		return x < y || x == y && a < b
-	}}
-	for k := range w {
-		ready.push(int32(k)) // every first job is released at 0
+	// Each candidate has exactly one current job, either waiting for its
+	// release (pending, ordered by release) or released (ready, ordered by
+	// due time). Times are fractions j/w of the cycle; every numerator and
+	// denominator is at most total, so cross-multiplied they fit in int64.
+	pending := make(jobHeap, 0, len(w))
+	ready := make(jobHeap, 0, len(w))
+	for k, x := range w {
+		ready.push(job{num: 1, den: x, k: int32(k)}) // all released at 0
 	}
 	for t := int64(0); t < total; t++ {
-		for len(pending.a) > 0 {
-			k := pending.a[0]
-			if next[k]*total > t*w[k] {
-				break
-			}
-			ready.push(pending.pop())
+		// A pending job's key is its release j/w; it is released by slot
+		// t once j/w <= t/total.
+		for len(pending) > 0 && pending[0].num*total <= t*pending[0].den {
+			j := pending.pop()
+			j.num++ // from release j/w to due time (j+1)/w
+			ready.push(j)
 		}
-		if len(ready.a) == 0 {
+		if len(ready) == 0 {
 			// Cannot happen (more jobs are released by slot t than t),
 			// but taking the earliest release keeps the loop total.
-			ready.push(pending.pop())
+			j := pending.pop()
+			j.num++
+			ready.push(j)
 		}
-		k := ready.pop()
-		out = append(out, idx[k])
-		next[k]++
-		if next[k] < w[k] {
-			pending.push(k)
+		j := ready.pop()
+		out = append(out, idx[j.k])
+		// The next job's release is this one's due time.
+		if j.num < j.den {
+			pending.push(j)
 		}
 	}
 	return out
 }
 
-// minHeap is a binary heap of small integers under a caller-supplied order.
-// container/heap would box every element in an interface on the cold path
-// for nothing.
-type minHeap struct {
-	a    []int32
-	less func(a, b int32) bool
+// job is one candidate's current appearance in smooth: k is the candidate
+// and num/den the time that orders it in its heap.
+type job struct {
+	num, den int64
+	k        int32
 }
 
-func (h *minHeap) push(x int32) {
-	h.a = append(h.a, x)
-	for i := len(h.a) - 1; i > 0; {
+// before orders jobs by time, then by candidate so that equal times go to
+// the lower index and the schedule is deterministic.
+func (a job) before(b job) bool {
+	x, y := a.num*b.den, b.num*a.den
+	return x < y || x == y && a.k < b.k
+}
+
+// jobHeap is a binary min-heap of jobs. container/heap would box every
+// job in an interface.
+type jobHeap []job
+
+func (h *jobHeap) push(j job) {
+	*h = append(*h, j)
+	a := *h
+	for i := len(a) - 1; i > 0; {
 		p := (i - 1) / 2
-		if !h.less(h.a[i], h.a[p]) {
+		if !a[i].before(a[p]) {
 			break
 		}
-		h.a[i], h.a[p] = h.a[p], h.a[i]
+		a[i], a[p] = a[p], a[i]
 		i = p
 	}
 }
 
-func (h *minHeap) pop() int32 {
-	top := h.a[0]
-	last := len(h.a) - 1
-	h.a[0] = h.a[last]
-	h.a = h.a[:last]
+func (h *jobHeap) pop() job {
+	a := *h
+	top := a[0]
+	last := len(a) - 1
+	a[0] = a[last]
+	a = a[:last]
+	*h = a
 	for i := 0; ; {
 		l, r, m := 2*i+1, 2*i+2, i
-		if l < last && h.less(h.a[l], h.a[m]) {
+		if l < last && a[l].before(a[m]) {
 			m = l
 		}
-		if r < last && h.less(h.a[r], h.a[m]) {
+		if r < last && a[r].before(a[m]) {
 			m = r
 		}
 		if m == i {
 			break
 		}
-		h.a[i], h.a[m] = h.a[m], h.a[i]
+		a[i], a[m] = a[m], a[i]
 		i = m
 	}
 	return top

@@ -82,13 +82,16 @@ func TestWeightedRoundRobinSmooth(t *testing.T) {
 // "cannot happen" branch unreachable.
 func TestSmoothLag(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
-	for trial := range 300 {
-		n := 1 + r.IntN(12)
+	for trial := range 305 {
+		n, maxW := 1+r.IntN(12), []int64{3, 10, 100}[trial%3]
+		if trial >= 300 { // a few large ones
+			n, maxW = 100, 1000
+		}
 		w := make([]int64, n)
 		idx := make([]int32, n)
 		var total int64
 		for k := range w {
-			w[k] = 1 + r.Int64N([]int64{3, 10, 100}[trial%3])
+			w[k] = 1 + r.Int64N(maxW)
 			idx[k] = int32(k)
 			total += w[k]
 		}
@@ -204,6 +207,42 @@ func TestScale(t *testing.T) {
 			if !slices.Equal(w, tt.want) {
 				t.Errorf("scale(%v, %d) = %v, want %v", tt.w, tt.limit, w, tt.want)
 			}
+		})
+	}
+}
+
+// TestWeightedRoundRobinReuse checks that a rebuild with unchanged weights
+// and availability reuses the schedule (loads and peers do not matter),
+// and that any change to them builds a new one.
+func TestWeightedRoundRobinReuse(t *testing.T) {
+	var st State
+	build := func(c []Candidate) *weightedRoundRobin {
+		return mustNew(t, WeightedRoundRobin, c, &st).(*weightedRoundRobin)
+	}
+	first := build(cands(5, 1, 1))
+	tests := []struct {
+		name  string
+		c     []Candidate
+		reuse bool
+	}{
+		{"same weights, new loads", func() []Candidate {
+			c := cands(5, 1, 1)
+			c[0].Local.Store(7)
+			c[1].Peers = 3
+			return c
+		}(), true},
+		{"weight changed", cands(5, 2, 1), false},
+		{"down", down(cands(5, 1, 1), 2), false},
+		{"candidate added", cands(5, 1, 1, 1), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st.wrr.Store(first.wrrSchedule)
+			p := build(tt.c)
+			if reused := p.wrrSchedule == first.wrrSchedule; reused != tt.reuse {
+				t.Errorf("reused = %v, want %v", reused, tt.reuse)
+			}
+			count(t, p, tt.c, nil, Skip{}, 20)
 		})
 	}
 }
