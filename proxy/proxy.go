@@ -42,6 +42,11 @@ type Route struct {
 	// Trial means this node may send the half-open trial request; the
 	// circuit's Allow decides which single request that is.
 	Trial bool
+	// Probe offers one request of this table to a backend that is Down
+	// because of a peer's open circuit, so this node can find out for itself
+	// whether the backend answers it (the peer's own path may be the problem).
+	// The node sets it at most once per sleep window.
+	Probe bool
 	// Peers is the load the other nodes put on the backend (staleness-weighted).
 	Peers float64
 }
@@ -134,8 +139,15 @@ type table struct {
 	ups    []*upstream
 	cands  []pick.Candidate
 	policy pick.Policy
-	trials []int // indices of half-open backends this node may probe
-	empty  error // why nothing is available, when nothing is
+	trials []int        // indices of half-open backends whose trial this node runs
+	probes []*probeSlot // remote-open backends this node may send one request to
+	empty  error        // why nothing is available, when nothing is
+}
+
+// probeSlot is a single request's worth of access to a down backend.
+type probeSlot struct {
+	idx   int
+	taken atomic.Bool
 }
 
 // Proxy forwards traffic for one listener.
@@ -219,6 +231,9 @@ func (p *Proxy) SetRoutes(routes []Route) {
 		if r.Trial && w > 0 {
 			t.trials = append(t.trials, i)
 		}
+		if r.Probe && w > 0 {
+			t.probes = append(t.probes, &probeSlot{idx: i})
+		}
 		if w > 0 {
 			weighted++
 			if !r.Down {
@@ -261,6 +276,13 @@ func (p *Proxy) choose(t *table, skip *pick.Skip) (i int, trial bool, err error)
 		}
 		if ok, tr := t.ups[k].circuit.Allow(); ok && tr {
 			return k, true, nil
+		}
+	}
+	for _, ps := range t.probes {
+		if !skip.Has(ps.idx) && !ps.taken.Load() && ps.taken.CompareAndSwap(false, true) {
+			if ok, tr := t.ups[ps.idx].circuit.Allow(); ok {
+				return ps.idx, tr, nil
+			}
 		}
 	}
 	for skip.Len() < pick.MaxTries {

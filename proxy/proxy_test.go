@@ -451,3 +451,21 @@ func TestProxyConfigValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestProbeSendsExactlyOneRequestPerTable(t *testing.T) {
+	down, up := namedBackend(t, "down"), namedBackend(t, "up")
+	cfg := DefaultConfig()
+	p, url := startHTTP(t, cfg, nil, nil)
+	p.SetRoutes([]Route{
+		{Backend: Backend{ID: "down", Address: hostPort(down.URL), Weight: 1}, Down: true, Probe: true},
+		route("up", hostPort(up.URL)),
+	})
+	seen := map[string]int{}
+	for i := 0; i < 10; i++ {
+		_, body, _ := get(t, url)
+		seen[body]++
+	}
+	if seen["down"] != 1 || seen["up"] != 9 {
+		t.Fatalf("one probe then normal traffic elsewhere: %v", seen)
+	}
+}

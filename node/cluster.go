@@ -1,0 +1,221 @@
+package node
+
+import (
+	"sort"
+	"time"
+
+	"github.com/thebalancer/balancer/breaker"
+	"github.com/thebalancer/balancer/proxy"
+)
+
+// This file turns what the node knows — the applied backend config, its own
+// circuits, and its peers' gossiped reports — into the proxy's routes. It is
+// pure (the clock comes in as an argument) so that the anti-herding and
+// shared-circuit rules can be tested exactly.
+//
+// Cluster load. For each backend the proxy adds its own live in-flight count
+// (exact, and counting this node's picks at once) to Route.Peers, the sum of
+// one slot per live peer: slots are summed, never overwritten, so a peer that
+// disappears takes exactly its own contribution with it. A peer's report is
+// trusted in proportion to its age (after Dahlin, "Interpreting stale load
+// information", 2000): up to freshAge it counts as reported; from there to
+// maxAge its per-backend differences fade linearly towards the weight-
+// proportional share of that peer's total, which is what the report still
+// says about the cluster when the detail is too old to mean anything. When
+// every peer report is older than maxAge, the node falls back to its local
+// counts alone rather than steer by a picture of the past.
+//
+// Shared circuits. A peer's open circuit marks the backend down here too, so
+// the rest of the cluster stops sending to a failing backend before paying
+// for the failures itself; the exception is a backend that answered this
+// node successfully after the peer's open was first seen here. Only one node
+// runs the half-open trial of a backend: the first by name among the nodes
+// whose circuit for it is open. If its trial succeeds its circuit closes, its
+// report says so and the backend comes back everywhere. If that node dies,
+// its reports leave the view and the others send again (their own circuits
+// open if the backend still fails). If a single node's own path is the
+// problem, its trials keep failing; so once a remote open has lasted
+// disputeAfter, every other node sends one probe request per sleep window,
+// and a success lets that node route to the backend again.
+
+// peerBackend is one backend in a peer's report.
+type peerBackend struct {
+	inflight int64
+	open     bool // circuit open or half-open at that peer
+}
+
+// peerReport is a live peer's latest report.
+type peerReport struct {
+	node     string
+	age      time.Duration
+	backends map[string]peerBackend
+}
+
+// routeParams are the tuning knobs of computeRoutes.
+type routeParams struct {
+	freshAge     time.Duration // reports younger than this count fully
+	maxAge       time.Duration // reports older than this carry no per-backend detail
+	sleepWindow  time.Duration // the breaker's sleep window: probe cadence
+	disputeAfter time.Duration // a remote open this old gets probed by every node
+}
+
+// routeState is what computeRoutes remembers between calls; owned by the
+// node and only touched under its lock.
+type routeState struct {
+	remoteOpenSince map[string]map[string]time.Time // peer -> backend -> first seen open here
+	lastProbe       map[string]time.Time            // backend -> when this node last offered a probe
+}
+
+func newRouteState() *routeState {
+	return &routeState{
+		remoteOpenSince: make(map[string]map[string]time.Time),
+		lastProbe:       make(map[string]time.Time),
+	}
+}
+
+// routeInputs is everything computeRoutes reads.
+type routeInputs struct {
+	now      time.Time
+	self     string
+	backends []proxy.Backend          // sorted by ID
+	local    map[string]breaker.State // this node's circuits
+	lastOK   map[string]time.Time     // last successful answer through this node
+	peers    []peerReport             // live peers only
+	params   routeParams
+}
+
+// computeRoutes builds the routing table and updates st.
+func computeRoutes(in routeInputs, st *routeState) []proxy.Route {
+	p := in.params
+	var totalWeight float64
+	for _, b := range in.backends {
+		if b.Weight > 0 && !b.Drain {
+			totalWeight += float64(b.Weight)
+		}
+	}
+	// Per-peer trust and totals.
+	type peerUse struct {
+		trust float64 // 1 fresh .. 0 stale
+		total float64
+	}
+	uses := make([]peerUse, len(in.peers))
+	anyUsable := false
+	for i, pr := range in.peers {
+		u := peerUse{trust: trust(pr.age, p.freshAge, p.maxAge)}
+		for _, pb := range pr.backends {
+			if pb.inflight > 0 {
+				u.total += float64(pb.inflight)
+			}
+		}
+		if pr.age <= p.maxAge {
+			anyUsable = true
+		}
+		uses[i] = u
+	}
+
+	// Remember when each peer's open was first seen; forget what is no
+	// longer reported open (or whose peer left the view).
+	livePeers := make(map[string]bool, len(in.peers))
+	for _, pr := range in.peers {
+		livePeers[pr.node] = true
+		seen := st.remoteOpenSince[pr.node]
+		for id, pb := range pr.backends {
+			if pb.open {
+				if seen == nil {
+					seen = make(map[string]time.Time)
+					st.remoteOpenSince[pr.node] = seen
+				}
+				if _, ok := seen[id]; !ok {
+					seen[id] = in.now
+				}
+			} else if seen != nil {
+				delete(seen, id)
+			}
+		}
+		for id := range seen {
+			if _, ok := pr.backends[id]; !ok {
+				delete(seen, id)
+			}
+		}
+	}
+	for peer := range st.remoteOpenSince {
+		if !livePeers[peer] {
+			delete(st.remoteOpenSince, peer)
+		}
+	}
+
+	routes := make([]proxy.Route, len(in.backends))
+	for i, b := range in.backends {
+		r := proxy.Route{Backend: b}
+		own := in.local[b.ID]
+		// Load from peers.
+		if anyUsable {
+			share := 0.0
+			if totalWeight > 0 && b.Weight > 0 && !b.Drain {
+				share = float64(b.Weight) / totalWeight
+			}
+			for k, pr := range in.peers {
+				u := uses[k]
+				reported := float64(pr.backends[b.ID].inflight)
+				if reported < 0 {
+					reported = 0
+				}
+				r.Peers += u.trust*reported + (1-u.trust)*u.total*share
+			}
+		}
+		// Circuits: who has it open, and since when.
+		owner := ""
+		if own != breaker.Closed {
+			owner = in.self
+		}
+		var oldestRemote time.Time
+		remoteOpen := false
+		for _, pr := range in.peers {
+			since, ok := st.remoteOpenSince[pr.node][b.ID]
+			if !ok {
+				continue
+			}
+			if owner == "" || pr.node < owner {
+				owner = pr.node
+			}
+			if in.lastOK[b.ID].After(since) {
+				continue // it answered us after that peer gave up on it
+			}
+			remoteOpen = true
+			if oldestRemote.IsZero() || since.Before(oldestRemote) {
+				oldestRemote = since
+			}
+		}
+		switch {
+		case own != breaker.Closed:
+			r.Down = true
+			r.Trial = own == breaker.HalfOpen && owner == in.self
+		case remoteOpen:
+			r.Down = true
+			if in.now.Sub(oldestRemote) >= p.disputeAfter && in.now.Sub(st.lastProbe[b.ID]) >= p.sleepWindow {
+				r.Probe = true
+				st.lastProbe[b.ID] = in.now
+			}
+		}
+		routes[i] = r
+	}
+	return routes
+}
+
+// trust is how much of a report's per-backend detail still holds at age.
+func trust(age, fresh, max time.Duration) float64 {
+	switch {
+	case age <= fresh:
+		return 1
+	case age >= max:
+		return 0
+	}
+	return 1 - float64(age-fresh)/float64(max-fresh)
+}
+
+// sortedPeers orders reports by node name so that route computation is
+// deterministic (float sums in a fixed order).
+func sortedPeers(ps []peerReport) []peerReport {
+	sort.Slice(ps, func(i, j int) bool { return ps[i].node < ps[j].node })
+	return ps
+}
