@@ -1,0 +1,26 @@
+package consensus
+
+import "errors"
+
+// Contract errors. Match them with errors.Is; the admin API maps them to HTTP
+// status codes in one place:
+//
+//	ErrInvalid        400  the command is malformed or out of range; nothing changed
+//	ErrUnknownBackend 404  the command names a backend that does not exist; nothing changed
+//	ErrConflict       409  a conditional write (Command.IfIndex) lost a race; nothing changed
+//	ErrNotLeader      --   this node is not the leader: forward to Store.Leader() (or 503 if that fails)
+//	ErrNoLeader       503  no leader or no quorum; the write may be retried later
+//
+// ErrNoLeader also covers the cases where a write was proposed but its outcome
+// is unknown (leadership lost before commit, the caller's deadline passed, the
+// store shut down); the message says so, and errors.Is additionally matches the
+// cause (raft.ErrLeadershipLost, context.DeadlineExceeded, ErrClosed). Make
+// such retries idempotent with Command.If.
+var (
+	ErrInvalid        = errors.New("invalid command")
+	ErrUnknownBackend = errors.New("unknown backend")
+	ErrConflict       = errors.New("conflict: the config changed")
+	ErrNotLeader      = errors.New("not the raft leader")
+	ErrNoLeader       = errors.New("no raft leader (no quorum or election in progress)")
+	ErrClosed         = errors.New("consensus store closed")
+)
