@@ -370,6 +370,19 @@ func (s *Store) Barrier(ctx context.Context) error {
 	return nil
 }
 
+// Snapshot persists the applied config in a raft snapshot now, so that a
+// node that crashes comes back with it at once, before it can reach a
+// quorum (raft replays its log only once a leader confirms the commit
+// index). Config changes are rare and a snapshot is a few KiB, so the node
+// calls it after every applied change. Nothing new to snapshot is not an error.
+func (s *Store) Snapshot(ctx context.Context) error {
+	err := s.await(ctx, s.raft.Snapshot())
+	if errors.Is(err, raft.ErrNothingNewToSnapshot) {
+		return nil
+	}
+	return err
+}
+
 // Config returns the config applied on this node: a copy the caller may
 // keep and change. On a follower it may lag the leader by a heartbeat.
 func (s *Store) Config() Config { return s.fsm.config().clone() }

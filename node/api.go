@@ -2,6 +2,10 @@ package node
 
 import (
 	"errors"
+	"strconv"
+	"time"
+
+	"github.com/thebalancer/balancer/gossip"
 
 	"github.com/thebalancer/balancer/breaker"
 	"github.com/thebalancer/balancer/node/admin"
@@ -12,6 +16,9 @@ func (n *Node) adminSources() admin.Sources {
 		Node:    n.cfg.Name,
 		Load:    loadView{n},
 		Config:  configView{n},
+		Members: membersView{n},
+		Writer:  n,
+		Token:   n.cfg.AdminToken,
 		Ready:   n.ready,
 		Metrics: promhttpHandler(n.registry),
 		Pprof:   n.cfg.Pprof,
@@ -29,6 +36,9 @@ func (n *Node) ready() error {
 	if len(n.backends) == 0 {
 		return errors.New("no backends configured")
 	}
+	if id, _ := n.store.Leader(); id == "" {
+		return errors.New("no raft leader: routing on the last applied config, writes refused")
+	}
 	return nil
 }
 
@@ -37,13 +47,18 @@ type loadView struct{ n *Node }
 func (v loadView) Load() admin.Load {
 	n := v.n
 	states := n.breakers.States()
+	var peers []gossip.PeerReport
+	if n.gossip != nil {
+		peers = n.gossip.Peers()
+	}
+	now := time.Now()
 	out := admin.Load{Node: n.cfg.Name, Backends: []admin.BackendLoad{}}
 	for _, s := range n.proxy.Stats() {
 		st, ok := states[s.ID]
 		if !ok {
 			st = breaker.Closed
 		}
-		out.Backends = append(out.Backends, admin.BackendLoad{
+		bl := admin.BackendLoad{
 			ID:       s.ID,
 			Local:    s.InFlight,
 			Cluster:  s.InFlight,
@@ -51,7 +66,53 @@ func (v loadView) Load() admin.Load {
 			Breaker:  map[string]string{n.cfg.Name: st.String()},
 			Requests: s.Requests,
 			Failures: s.Failures,
-		})
+		}
+		for _, p := range peers {
+			for _, b := range p.Backends {
+				if b.ID != s.ID {
+					continue
+				}
+				bl.Peers = append(bl.Peers, admin.PeerLoad{Node: p.Node, Count: b.InFlight, AgeMS: now.Sub(p.Received).Milliseconds()})
+				if b.InFlight > 0 {
+					bl.Cluster += b.InFlight
+				}
+				bl.Breaker[p.Node] = b.Breaker.String()
+			}
+		}
+		out.Backends = append(out.Backends, bl)
+	}
+	return out
+}
+
+type membersView struct{ n *Node }
+
+func (v membersView) Members() admin.Members {
+	n := v.n
+	leader, _ := n.store.Leader()
+	roles := map[string]string{}
+	if servers, err := n.store.Servers(); err == nil {
+		for _, s := range servers {
+			roles[s.ID] = "nonvoter"
+			if s.Voter {
+				roles[s.ID] = "voter"
+			}
+		}
+	}
+	self := admin.Member{Name: n.cfg.Name, GossipAddr: n.GossipAddr(), AdminAddr: n.AdminAddr(), Status: "alive",
+		RaftRole: roles[n.cfg.Name], Leader: leader == n.cfg.Name, AppliedIndex: n.store.AppliedIndex()}
+	if n.gossip == nil {
+		return admin.Members{Members: []admin.Member{self}}
+	}
+	ms := n.gossip.Members()
+	out := admin.Members{Members: make([]admin.Member, 0, len(ms))}
+	for _, m := range ms {
+		if m.Name == n.cfg.Name {
+			out.Members = append(out.Members, self)
+			continue
+		}
+		applied, _ := strconv.ParseUint(m.Meta[metaApplied], 10, 64)
+		out.Members = append(out.Members, admin.Member{Name: m.Name, GossipAddr: m.Addr, AdminAddr: m.Meta[metaAdmin],
+			Status: m.State, RaftRole: roles[m.Name], Leader: leader == m.Name, AppliedIndex: applied})
 	}
 	return out
 }
@@ -59,11 +120,18 @@ func (v loadView) Load() admin.Load {
 type configView struct{ n *Node }
 
 func (v configView) Config() admin.Config {
-	v.n.mu.Lock()
-	defer v.n.mu.Unlock()
-	out := admin.Config{Index: 0, Backends: make([]admin.Backend, 0, len(v.n.backends))}
-	for _, b := range v.n.backends {
-		out.Backends = append(out.Backends, admin.Backend{ID: b.ID, Address: b.Address, Weight: b.Weight, Drain: b.Drain})
+	n := v.n
+	if cfg := n.store.Config(); cfg.Index > 0 {
+		return admin.ConfigOf(cfg)
+	}
+	// Nothing committed yet: the static seed this node routes on.
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := admin.Config{Index: 0, Backends: make([]admin.Backend, 0, len(n.backends))}
+	for _, b := range n.backends {
+		out.Backends = append(out.Backends, admin.Backend{ID: b.ID, Address: b.Address, Weight: b.Weight, Drain: b.Drain, Source: "static"})
 	}
 	return out
 }
+
+var _ admin.ConfigWriter = (*Node)(nil)

@@ -22,6 +22,11 @@ type collector struct {
 	inflight  *prometheus.Desc
 	breaker   *prometheus.Desc
 	rejected  *prometheus.Desc
+	peerAge   *prometheus.Desc
+	peers     *prometheus.Desc
+	gossipMsg *prometheus.Desc
+	gossipB   *prometheus.Desc
+	gossipBad *prometheus.Desc
 	bucketsUp []float64
 }
 
@@ -35,6 +40,11 @@ func newCollector(n *Node) *collector {
 		inflight:  prometheus.NewDesc("balancer_backend_inflight", "Requests this node has in flight to the backend.", labels, nil),
 		breaker:   prometheus.NewDesc("balancer_backend_circuit_state", "Circuit state of the backend on this node: 1 for the current state.", []string{"backend", "state"}, nil),
 		rejected:  prometheus.NewDesc("balancer_rejected_total", "Requests answered 503 (or TCP connections closed) because no backend could take them.", nil, nil),
+		peerAge:   prometheus.NewDesc("balancer_gossip_peer_report_age_seconds", "Age of the oldest and newest live peer report in this node's view: how stale its cluster load is.", []string{"which"}, nil),
+		peers:     prometheus.NewDesc("balancer_gossip_peers", "Peers whose reports are in this node's view.", nil, nil),
+		gossipMsg: prometheus.NewDesc("balancer_gossip_messages_total", "Gossip report messages sent and received.", []string{"direction"}, nil),
+		gossipB:   prometheus.NewDesc("balancer_gossip_bytes_total", "Gossip report payload bytes sent and received.", []string{"direction"}, nil),
+		gossipBad: prometheus.NewDesc("balancer_gossip_dropped_total", "Gossip messages dropped: malformed, stale or rejected.", []string{"reason"}, nil),
 		bucketsUp: proxy.LatencyBuckets(),
 	}
 }
@@ -69,6 +79,19 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(c.n.proxy.Rejected()))
+	if g := c.n.gossip; g != nil {
+		st := g.Stats()
+		ch <- prometheus.MustNewConstMetric(c.peerAge, prometheus.GaugeValue, st.OldestReportAge.Seconds(), "oldest")
+		ch <- prometheus.MustNewConstMetric(c.peerAge, prometheus.GaugeValue, st.NewestReportAge.Seconds(), "newest")
+		ch <- prometheus.MustNewConstMetric(c.peers, prometheus.GaugeValue, float64(st.Peers))
+		ch <- prometheus.MustNewConstMetric(c.gossipMsg, prometheus.CounterValue, float64(st.MessagesSent), "sent")
+		ch <- prometheus.MustNewConstMetric(c.gossipMsg, prometheus.CounterValue, float64(st.MessagesReceived), "received")
+		ch <- prometheus.MustNewConstMetric(c.gossipB, prometheus.CounterValue, float64(st.BytesSent), "sent")
+		ch <- prometheus.MustNewConstMetric(c.gossipB, prometheus.CounterValue, float64(st.BytesReceived), "received")
+		ch <- prometheus.MustNewConstMetric(c.gossipBad, prometheus.CounterValue, float64(st.DecodeErrors), "malformed")
+		ch <- prometheus.MustNewConstMetric(c.gossipBad, prometheus.CounterValue, float64(st.StaleIgnored), "stale")
+		ch <- prometheus.MustNewConstMetric(c.gossipBad, prometheus.CounterValue, float64(st.Rejected), "rejected")
+	}
 }
 
 func promhttpHandler(reg *prometheus.Registry) http.Handler {

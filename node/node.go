@@ -23,6 +23,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/thebalancer/balancer/breaker"
+	"github.com/thebalancer/balancer/consensus"
+	"github.com/thebalancer/balancer/gossip"
 	"github.com/thebalancer/balancer/node/admin"
 	"github.com/thebalancer/balancer/proxy"
 )
@@ -46,6 +48,22 @@ type Config struct {
 	Breaker  breaker.Config       // circuit thresholds
 	Logger   *slog.Logger         // nil: discard
 	Registry *prometheus.Registry // nil: a fresh one per node
+	// Gossip joins the node to a cluster when Gossip.Bind is set (-gossip);
+	// Name, Logger and Meta are filled in by the node.
+	Gossip gossip.Config
+	// Routes tunes how peers' reports and circuits enter routing.
+	Routes RouteConfig
+	// Raft configures the replicated config's raft node (-raft); NodeID,
+	// DataDir and Logger are filled in by the node. Without -gossip the
+	// default 127.0.0.1:0 serves a lone node that bootstraps alone.
+	Raft consensus.Options
+	// BootstrapExpect is -bootstrap-expect: how many servers form the
+	// cluster at first start (0: never bootstrap, wait to be added).
+	BootstrapExpect int
+	// AdminToken, when set, is required as a bearer token on admin writes.
+	AdminToken string
+	// Consul seeds and syncs backends from Consul (-consul-service, -consul-kv).
+	Consul ConsulConfig
 	// Pprof serves the Go profiler on the admin listener.
 	Pprof bool
 	// ShutdownTimeout bounds how long in-flight requests may take to finish
@@ -63,6 +81,9 @@ func DefaultConfig() Config {
 		DataDir:         "balancer-data",
 		Proxy:           proxy.DefaultConfig(),
 		Breaker:         breaker.DefaultConfig(),
+		Gossip:          gossipDefaults(),
+		Routes:          DefaultRouteConfig(),
+		Raft:            consensus.DefaultOptions(),
 		ShutdownTimeout: 15 * time.Second,
 	}
 }
@@ -97,7 +118,43 @@ func (c Config) Validate() error {
 	if err := c.Proxy.Validate(); err != nil {
 		return err
 	}
+	if err := c.Routes.Validate(); err != nil {
+		return err
+	}
+	if c.clustered() {
+		g := c.Gossip
+		g.Name = c.Name
+		if err := g.Validate(); err != nil {
+			return err
+		}
+	} else if len(c.Gossip.Join) > 0 {
+		return errors.New("-join needs -gossip: the address this node gossips on")
+	}
+	if c.BootstrapExpect < 0 || c.BootstrapExpect > 9 {
+		return fmt.Errorf("-bootstrap-expect %d: want 0..9 (raft clusters of 3 or 5 voters are the norm)", c.BootstrapExpect)
+	}
+	if c.BootstrapExpect > 1 && !c.clustered() {
+		return fmt.Errorf("-bootstrap-expect %d needs -gossip: founders find each other by gossip", c.BootstrapExpect)
+	}
+	r := c.Raft
+	r.NodeID, r.DataDir = c.Name, c.DataDir
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	if err := c.Consul.Validate(); err != nil {
+		return err
+	}
 	return c.Breaker.Validate()
+}
+
+// clustered reports whether the node gossips with peers.
+func (c Config) clustered() bool { return c.Gossip.Bind != "" }
+
+// gossipDefaults is gossip's defaults with the cluster off until -gossip.
+func gossipDefaults() gossip.Config {
+	g := gossip.DefaultConfig()
+	g.Bind = ""
+	return g
 }
 
 // ValidateBackend checks one backend's id, address and weight.
@@ -142,10 +199,22 @@ type Node struct {
 	traffic net.Listener
 	adminLn net.Listener
 
+	gossip *gossip.Gossip // nil without -gossip
+	store  *consensus.Store
+	consul consulSource // nil without -consul-service / -consul-kv
+
+	replicated atomic.Bool // a committed config has been applied
+
+	metaMu   sync.Mutex        // guards lastMeta
+	lastMeta map[string]string // gossip metadata last advertised
+
 	draining atomic.Bool
 
-	mu       sync.Mutex      // guards backends
-	backends []proxy.Backend // the applied config, sorted by ID
+	mu       sync.Mutex           // guards the fields below
+	backends []proxy.Backend      // the applied config, sorted by ID
+	routes   *routeState          // what route computation remembers
+	lastOK   map[string]time.Time // last successful answer per backend through this node
+	okCount  map[string]uint64    // successes seen at the last tick, per backend
 }
 
 // New validates cfg, prepares the data directory and binds the listeners,
@@ -163,7 +232,8 @@ func New(cfg Config) (*Node, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("-data-dir: %w", err)
 	}
-	n := &Node{cfg: cfg, log: log, registry: cfg.Registry}
+	n := &Node{cfg: cfg, log: log, registry: cfg.Registry, routes: newRouteState(),
+		lastOK: make(map[string]time.Time), okCount: make(map[string]uint64)}
 	if n.registry == nil {
 		n.registry = prometheus.NewRegistry()
 		registerRuntime(n.registry)
@@ -187,8 +257,53 @@ func New(cfg Config) (*Node, error) {
 		n.traffic.Close()
 		return nil, fmt.Errorf("-admin: %w", err)
 	}
-	n.setBackends(cfg.Backends)
+	ro := cfg.Raft
+	ro.NodeID, ro.DataDir, ro.Logger = cfg.Name, cfg.DataDir, log.With("part", "raft")
+	if n.store, err = consensus.Open(ro); err != nil {
+		n.traffic.Close()
+		n.adminLn.Close()
+		return nil, err
+	}
+	if n.consul, err = newConsulSource(cfg.Consul, log); err != nil {
+		n.close()
+		return nil, err
+	}
+	if cfg.clustered() {
+		gc := cfg.Gossip
+		gc.Name = cfg.Name
+		gc.Logger = log.With("part", "gossip")
+		gc.Meta = n.meta()
+		if n.gossip, err = gossip.New(gc); err != nil {
+			n.close()
+			return nil, fmt.Errorf("-gossip: %w", err)
+		}
+	}
+	// Route on the last committed config at once (a restarted node has it
+	// from its snapshot); a fresh node routes on its -backend seed until
+	// the first commit.
+	if n.store.Config().Index > 0 {
+		n.applyReplicated()
+	} else {
+		n.setBackends(cfg.Backends)
+	}
 	return n, nil
+}
+
+// close releases what New acquired, for New's error paths.
+func (n *Node) close() {
+	n.traffic.Close()
+	n.adminLn.Close()
+	if n.store != nil {
+		n.store.Close()
+	}
+}
+
+// GossipAddr is the bound gossip address, or "" without a cluster.
+func (n *Node) GossipAddr() string {
+	if n.gossip == nil {
+		return ""
+	}
+	return n.gossip.Addr()
 }
 
 // Addr is the bound traffic address.
@@ -205,26 +320,59 @@ func (n *Node) Name() string { return n.cfg.Name }
 // ShutdownTimeout to finish, and the admin API stops last. It returns nil
 // after a clean shutdown.
 func (n *Node) Run(ctx context.Context) error {
-	n.log.Info("node started", "listen", n.Addr(), "admin", n.AdminAddr(),
-		"mode", n.cfg.Proxy.Mode, "algorithm", n.cfg.Proxy.Algorithm, "backends", len(n.cfg.Backends))
+	n.log.Info("node started", "listen", n.Addr(), "admin", n.AdminAddr(), "gossip", n.GossipAddr(),
+		"raft", n.store.RaftAddr(), "mode", n.cfg.Proxy.Mode, "algorithm", n.cfg.Proxy.Algorithm)
 
+	// The parts behind the traffic listener outlive it: peers keep seeing
+	// this node's counts while it drains, and it hands over raft leadership
+	// and leaves the cluster only once it has. They stop in reverse order.
 	bctx, stopBreakers := context.WithCancel(context.Background())
 	defer stopBreakers()
 	breakersDone := make(chan error, 1)
 	go func() { breakersDone <- n.breakers.Run(bctx) }()
 
+	lctx, stopLoops := context.WithCancel(context.Background())
+	defer stopLoops()
+	var loops sync.WaitGroup
+	loops.Add(2)
+	go func() { defer loops.Done(); n.syncLoop(lctx) }()
+	go func() { defer loops.Done(); n.consensusLoop(lctx) }()
+
+	gsctx, stopGossip := context.WithCancel(context.Background())
+	defer stopGossip()
+	gossipExit := make(chan struct{})
+	var gossipErr error
+	if n.gossip != nil {
+		go func() { gossipErr = n.gossip.Run(gsctx); close(gossipExit) }()
+	}
+
+	// Long polls on the admin API end (answering the current config) when
+	// the node stops, instead of holding Shutdown for their full wait.
+	adminBase, stopAdminPolls := context.WithCancel(context.Background())
+	defer stopAdminPolls()
 	adminSrv := &http.Server{
 		Handler:           admin.NewHandler(n.adminSources()),
+		BaseContext:       func(net.Listener) context.Context { return adminBase },
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		// A gossip failure (a join that never succeeds) stops the node.
+		select {
+		case <-gossipExit:
+			return gossipErr
+		case <-gctx.Done():
+			return nil
+		}
+	})
 	g.Go(func() error {
 		err := n.serveTraffic(gctx)
 		// The admin API stays up while traffic drains, so that operators
 		// can watch the drain; it stops once traffic has.
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
+		stopAdminPolls()
 		_ = adminSrv.Shutdown(sctx)
 		return err
 	})
@@ -235,6 +383,17 @@ func (n *Node) Run(ctx context.Context) error {
 		return nil
 	})
 	err := g.Wait()
+
+	stopLoops()
+	loops.Wait()
+	n.transferLeadership()
+	if n.gossip != nil {
+		stopGossip()
+		<-gossipExit
+	}
+	if cerr := n.store.Close(); cerr != nil {
+		n.log.Warn("close raft store", "err", cerr)
+	}
 	stopBreakers()
 	<-breakersDone
 	if err != nil {
@@ -246,10 +405,11 @@ func (n *Node) Run(ctx context.Context) error {
 
 // serveTraffic runs the client listener until ctx ends and then drains it.
 func (n *Node) serveTraffic(ctx context.Context) error {
+	// Readiness fails as soon as the stop begins, before the drain.
+	stop := context.AfterFunc(ctx, func() { n.draining.Store(true) })
+	defer stop()
 	if n.cfg.Proxy.Mode == proxy.ModeTCP {
-		err := n.proxy.ServeTCP(ctx, n.traffic, n.cfg.ShutdownTimeout)
-		n.draining.Store(true)
-		return err
+		return n.proxy.ServeTCP(ctx, n.traffic, n.cfg.ShutdownTimeout)
 	}
 	srv := &http.Server{
 		Handler:           n.proxy,
@@ -297,17 +457,26 @@ func (n *Node) setBackends(bs []proxy.Backend) {
 	n.refreshRoutes()
 }
 
-// refreshRoutes rebuilds the proxy's routing table from the applied config
-// and the circuit states. Called on the cold path: config changes and
-// circuit transitions.
+// refreshRoutes rebuilds the proxy's routing table from the applied config,
+// the circuit states and the peers' reports. Called on the cold path:
+// config changes, circuit transitions, gossip updates and the sync tick.
 func (n *Node) refreshRoutes() {
+	local := n.breakers.States()
+	var peers []peerReport
+	if n.gossip != nil {
+		peers = peerReports(n.gossip.Peers(), time.Now())
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	routes := make([]proxy.Route, len(n.backends))
-	for i, b := range n.backends {
-		st := n.breakers.Circuit(b.ID).State()
-		routes[i] = proxy.Route{Backend: b, Down: st != breaker.Closed, Trial: st == breaker.HalfOpen}
-	}
+	routes := computeRoutes(routeInputs{
+		now:      time.Now(),
+		self:     n.cfg.Name,
+		backends: n.backends,
+		local:    local,
+		lastOK:   n.lastOK,
+		peers:    peers,
+		params:   n.cfg.Routes.params(n.cfg.Breaker.SleepWindow),
+	}, n.routes)
 	n.proxy.SetRoutes(routes)
 }
 

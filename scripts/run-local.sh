@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job (`make run`): a local demo on 127.0.0.1 — 4 demo backends of
-# different speeds and 3 balancer nodes in front of them. Ctrl-C stops all.
+# The main job (`make run`): a local cluster on 127.0.0.1 — 4 demo backends
+# of different speeds and 3 balancer nodes in front of them, gossiping load
+# and replicating the config by raft (-bootstrap-expect 3). Ctrl-C stops all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin/balancer}
@@ -35,14 +36,18 @@ for b in "${backends[@]}"; do
 done
 
 for i in 1 2 3; do
+  join=()
+  [ "$i" -gt 1 ] && join=(-join 127.0.0.1:7941)
   "$BIN" agent -node "node-$i" -listen "127.0.0.1:808$i" -admin "127.0.0.1:909$i" \
-    -data-dir "$DATA/node-$i" -algorithm least-conn "${flags[@]}" >"$DATA/node-$i.log" 2>&1 &
+    -gossip "127.0.0.1:794$i" -raft "127.0.0.1:795$i" -bootstrap-expect 3 "${join[@]}" \
+    -gossip-profile local -data-dir "$DATA/node-$i" -algorithm p2c "${flags[@]}" >"$DATA/node-$i.log" 2>&1 &
   pids+=($!)
 done
 
-# Wait (bounded) until every node answers its readiness check.
+# Wait (bounded) until every node is ready: a leader is elected and the
+# config is applied.
 for i in 1 2 3; do
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 300); do
     curl -fs "http://127.0.0.1:909$i/readyz" >/dev/null 2>&1 && break
     sleep 0.1
   done
@@ -50,7 +55,8 @@ for i in 1 2 3; do
 done
 
 cat <<TXT
-Local balancer demo is up (logs in $DATA/).
+Local balancer cluster is up: 3 nodes gossiping load (p2c over cluster-wide
+counts) with a raft-replicated config (logs and raft data in $DATA/).
 
   node    traffic                 admin / status page
   node-1  http://127.0.0.1:8081   http://127.0.0.1:9091/
@@ -64,6 +70,9 @@ Try:
   for i in \$(seq 20); do curl -s http://127.0.0.1:8082/; done | sort | uniq -c
   curl -s http://127.0.0.1:9091/v1/load          # live in-flight and circuit states
   curl -s http://127.0.0.1:9091/metrics | grep balancer_
+  bin/balancer members -admin 127.0.0.1:9091    # gossip members, raft roles, applied index
+  bin/balancer weights -admin 127.0.0.1:9092    # the replicated backends and weights
+  bin/balancer weights set slow 0 -admin 127.0.0.1:9093   # drain the slow backend (any node forwards to the leader)
 
 Press Ctrl-C to stop everything.
 TXT

@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 
@@ -70,6 +72,18 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.Admin, "admin", cfg.Admin, "admin API, /metrics and status page listener, `HOST:PORT`")
 	fs.Var(&backends, "backend", "static backend `ID=HOST:PORT[@WEIGHT]` (repeatable; weight 0.."+strconv.Itoa(node.MaxWeight)+", default 1)")
 	fs.StringVar(&cfg.Proxy.Algorithm, "algorithm", cfg.Proxy.Algorithm, "balancing `algorithm`: "+strings.Join(pick.Names(), " | "))
+	var join, gossipKey string
+	fs.StringVar(&cfg.Gossip.Bind, "gossip", "", "gossip (memberlist) bind `HOST:PORT`, UDP and TCP; empty: no cluster")
+	fs.StringVar(&join, "join", "", "gossip address(es) of existing members, `HOST:PORT[,HOST:PORT]`; retried with backoff for -join-timeout")
+	fs.DurationVar(&cfg.Gossip.JoinTimeout, "join-timeout", cfg.Gossip.JoinTimeout, "give up joining the cluster after this long")
+	fs.StringVar(&gossipKey, "gossip-key", os.Getenv("BALANCER_GOSSIP_KEY"), "encrypt gossip with this `BASE64` AES key (16, 24 or 32 bytes; env BALANCER_GOSSIP_KEY); every node needs the same")
+	fs.StringVar(&cfg.Gossip.Profile, "gossip-profile", cfg.Gossip.Profile, "memberlist timing preset: lan or local")
+	fs.DurationVar(&cfg.Routes.MaxAge, "peer-max-age", cfg.Routes.MaxAge, "peers' reports older than this stop steering routing; all older: local counts only")
+	fs.StringVar(&cfg.Raft.Bind, "raft", cfg.Raft.Bind, "raft transport `HOST:PORT` (TCP) for the replicated config; peers learn it by gossip")
+	fs.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "form a new raft cluster once this many servers (`N`) are known by gossip; 1 = this node alone; 0 with -join = wait to be added")
+	fs.StringVar(&cfg.AdminToken, "admin-token", os.Getenv("BALANCER_ADMIN_TOKEN"), "require this bearer `token` on admin API writes (env BALANCER_ADMIN_TOKEN)")
+	fs.StringVar(&cfg.Consul.Service, "consul-service", "", "seed and sync backends from the healthy instances of this Consul `service` (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN)")
+	fs.StringVar(&cfg.Consul.KV, "consul-kv", "", "seed and sync backends from the JSON document at this Consul KV `key`")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` for the node's state on disk (created if missing)")
 	fs.DurationVar(&cfg.Proxy.DialTimeout, "dial-timeout", cfg.Proxy.DialTimeout, "bound on connecting to a backend; a failed connect is retried on another backend")
 	fs.DurationVar(&cfg.Proxy.ResponseTimeout, "response-timeout", cfg.Proxy.ResponseTimeout, "bound on waiting for a backend's response headers (http mode); then 504")
@@ -95,6 +109,20 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	cfg.Backends = backends
 	cfg.Logger = log
+	if join != "" {
+		for _, j := range strings.Split(join, ",") {
+			if j = strings.TrimSpace(j); j != "" {
+				cfg.Gossip.Join = append(cfg.Gossip.Join, j)
+			}
+		}
+	}
+	if gossipKey != "" {
+		key, err := base64.StdEncoding.DecodeString(gossipKey)
+		if err != nil {
+			return usagef("-gossip-key: not base64: %v", err)
+		}
+		cfg.Gossip.Key = key
+	}
 	n, err := node.New(cfg)
 	if err != nil {
 		return usageError{err}

@@ -28,6 +28,10 @@ const topUsage = `balancer: a peer-to-peer load-balancer cluster
 Usage:
   balancer agent [flags]          run a node (proxy + admin API)
   balancer demo-backend [flags]   run a synthetic backend for demos and tests
+  balancer members [-admin ...]   list the cluster's members and their state
+  balancer weights [-admin ...]   list the backends and weights a node applies
+  balancer weights set ID WEIGHT [-admin ...]
+                                  change a weight through any node
 
 Run 'balancer COMMAND -h' for the flags of a command.
 `
@@ -64,6 +68,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runAgent(ctx, args[1:], stderr)
 	case "demo-backend":
 		return runDemoBackend(ctx, args[1:], stdout, stderr)
+	case "members":
+		return runMembers(ctx, args[1:], stdout, stderr)
+	case "weights":
+		return runWeights(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, topUsage)
 		return nil

@@ -3,14 +3,26 @@
 // wire shapes of those answers and the mapping of errors to status codes.
 //
 // admin knows nothing of how the node works: it reads through the small
-// interfaces declared here, which the node implements. It must not import
-// proxy, breaker or memberlist.
+// interfaces declared here, which the node implements, and changes the
+// replicated config through ConfigWriter. It may import consensus (types,
+// sentinel errors, Command constructors) but must not import raft, proxy,
+// breaker, memberlist or node.
+//
+// Writes (PUT and DELETE under /v1/backends/) may be sent to any node: a
+// follower forwards them to the leader's admin API and relays the answer.
+// Every error an endpoint answers goes through one function, httpError,
+// which maps it to a status code and a JSON {"error": "..."} body.
 package admin
 
 import (
+	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
+
+	"github.com/thebalancer/balancer/consensus"
 )
 
 // Load is the answer of GET /v1/load.
@@ -51,6 +63,50 @@ type Backend struct {
 	Address string `json:"address"`
 	Weight  int32  `json:"weight"`
 	Drain   bool   `json:"drain"`
+	// Source says who created the backend and owns its address: "static"
+	// (-backend flags), "consul" or "api"; empty on a node without a
+	// replicated config.
+	Source string `json:"source,omitempty"`
+	// SourceWeight is the weight the source gives the backend; Weight
+	// returns to it when the pin is cleared (DELETE /v1/backends/{id}/weight).
+	SourceWeight int32 `json:"source_weight"`
+	// Pinned is set when an operator set Weight through the API: Consul
+	// syncs keep it until DELETE /v1/backends/{id}/weight clears the pin.
+	Pinned bool `json:"pinned"`
+}
+
+// ConfigOf converts a replicated config to its wire shape. Backends is never
+// nil, so it encodes as [].
+func ConfigOf(c consensus.Config) Config {
+	out := Config{Index: c.Index, Backends: make([]Backend, 0, len(c.Backends))}
+	for _, b := range c.Backends {
+		out.Backends = append(out.Backends, Backend{
+			ID: b.ID, Address: b.Address, Weight: b.Weight, Drain: b.Drain,
+			Source: b.Source, SourceWeight: b.SourceWeight, Pinned: b.Pinned,
+		})
+	}
+	return out
+}
+
+// Member is one cluster member in GET /v1/members.
+type Member struct {
+	Name         string `json:"name"`
+	GossipAddr   string `json:"gossip_addr"`
+	AdminAddr    string `json:"admin_addr"`
+	Status       string `json:"status"` // alive, suspect, dead or left
+	RaftRole     string `json:"raft_role"`
+	Leader       bool   `json:"leader"`
+	AppliedIndex uint64 `json:"applied_index"`
+}
+
+// Members is the answer of GET /v1/members.
+type Members struct {
+	Members []Member `json:"members"`
+}
+
+// MembersView lists the cluster members; the node implements it.
+type MembersView interface {
+	Members() Members
 }
 
 // LoadView reports live load; the node implements it.
@@ -63,11 +119,40 @@ type ConfigStore interface {
 	Config() Config
 }
 
-// Sources is what the API reads from. Every field is required.
+// ConfigWriter changes the replicated config; the node implements it over
+// its consensus.Store and its view of the cluster. The admin handler calls
+// it from request goroutines, concurrently.
+type ConfigWriter interface {
+	// Apply proposes cmd on this node and waits until it is committed and
+	// applied here, or ctx ends. It returns the consensus sentinels:
+	// ErrNotLeader when this node is a follower (the handler then forwards
+	// the request to Leader()), ErrNoLeader, ErrInvalid, ErrUnknownBackend,
+	// ErrConflict (Result.Index is then the current index), ErrClosed.
+	Apply(ctx context.Context, cmd consensus.Command) (consensus.Result, error)
+	// Leader returns the current leader's node name and admin HOST:PORT,
+	// or empty strings when they are not known. It must not block.
+	Leader() (name, adminAddr string)
+	// WaitIndex blocks until this node has applied config index idx, ctx
+	// ends (the error wraps ctx.Err()) or the store closes (ErrClosed).
+	WaitIndex(ctx context.Context, idx uint64) error
+	// WaitApplied blocks until every alive member has applied config index
+	// idx, or ctx ends.
+	WaitApplied(ctx context.Context, idx uint64) error
+}
+
+// Sources is what the API reads from and writes to. Every field is required
+// unless its comment says otherwise.
 type Sources struct {
-	Node   string
-	Load   LoadView
-	Config ConfigStore
+	Node    string
+	Load    LoadView
+	Config  ConfigStore
+	Members MembersView
+	// Writer changes the replicated config. Optional: nil makes the node
+	// read-only, and its writes answer 503.
+	Writer ConfigWriter
+	// Token, when not empty, is the bearer token every write (PUT, DELETE)
+	// must carry in "Authorization: Bearer TOKEN". Reads stay open.
+	Token string
 	// Ready returns nil when the node can serve traffic, or why not.
 	Ready func() error
 	// Metrics serves /metrics.
@@ -77,15 +162,36 @@ type Sources struct {
 	Pprof bool
 }
 
-// NewHandler returns the admin API handler.
+// NewHandler returns the admin API handler. Besides the reads of SPEC.md:
+//
+//	GET    /v1/config?index=N&wait=10s  long-poll: answers once the index > N or after wait (default and max 5m)
+//	PUT    /v1/backends/{id}            {"address": "HOST:PORT", "weight": N, "drain": bool}; weight and drain optional
+//	DELETE /v1/backends/{id}
+//	PUT    /v1/backends/{id}/weight     {"weight": N}: sets and pins the weight against Consul syncs
+//	DELETE /v1/backends/{id}/weight     clears the pin: the weight returns to the source's
+//	PUT    /v1/backends/{id}/drain      {"drain": bool}
+//
+// A write answers {"index", "leader", "changed"} (plus "applied_everywhere"
+// with ?wait=applied[&timeout=10s]); If-Match: INDEX makes it conditional.
+// Config answers and write answers carry X-Config-Index.
 func NewHandler(s Sources) http.Handler {
+	a := &api{s: s, fwd: newForwardClient()}
+	if s.Token != "" {
+		a.tokenSum = sha256.Sum256([]byte(s.Token))
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/load", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.Load.Load())
 	})
-	mux.HandleFunc("GET /v1/config", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, s.Config.Config())
+	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.Members.Members())
 	})
+	mux.HandleFunc("GET /v1/config", a.getConfig)
+	mux.HandleFunc("PUT /v1/backends/{id}", a.write(upsertCommand))
+	mux.HandleFunc("DELETE /v1/backends/{id}", a.write(deleteCommand))
+	mux.HandleFunc("PUT /v1/backends/{id}/weight", a.write(setWeightCommand))
+	mux.HandleFunc("DELETE /v1/backends/{id}/weight", a.write(clearPinCommand))
+	mux.HandleFunc("PUT /v1/backends/{id}/drain", a.write(setDrainCommand))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "node": s.Node})
 	})
@@ -110,6 +216,12 @@ func NewHandler(s Sources) http.Handler {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
 	return mux
+}
+
+// writeConfig answers a config with its index also in X-Config-Index.
+func writeConfig(w http.ResponseWriter, c Config) {
+	w.Header().Set(headerConfigIndex, strconv.FormatUint(c.Index, 10))
+	writeJSON(w, http.StatusOK, c)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -20,7 +20,7 @@ th{background:#f4f4f4}.open{color:#b00;font-weight:bold}.half-open{color:#b60}.c
 <p>Readiness: {{if .Ready}}<b class="closed">ready</b>{{else}}<b class="open">not ready: {{.NotReady}}</b>{{end}}
  &middot; config index {{.Config.Index}}</p>
 <table><tr><th>backend</th><th>address</th><th>weight</th><th>in flight (here)</th><th>in flight (cluster)</th><th>requests</th><th>failures</th><th>breaker</th></tr>
-{{range .Rows}}<tr><td>{{.ID}}</td><td>{{.Address}}</td><td class="num">{{.Weight}}{{if .Drain}} (draining){{end}}</td>
+{{range .Rows}}<tr><td>{{.ID}}</td><td>{{.Address}}</td><td class="num">{{.Weight}}{{if .Pinned}} (pinned){{end}}{{if .Drain}} (draining){{end}}</td>
 <td class="num">{{.Load.Local}}</td><td class="num">{{.Load.Cluster}}</td><td class="num">{{.Load.Requests}}</td><td class="num">{{.Load.Failures}}</td>
 <td>{{range $n, $s := .Load.Breaker}}<span class="{{$s}}">{{$n}}: {{$s}}</span> {{end}}</td></tr>
 {{end}}</table>

@@ -1,0 +1,132 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/thebalancer/balancer/breaker"
+	"github.com/thebalancer/balancer/gossip"
+)
+
+// RouteConfig tunes how peers' reports and circuits enter routing.
+type RouteConfig struct {
+	// Tick is how often the node publishes its counts to gossip (which
+	// coalesces them further) and re-weighs peers' reports by age.
+	Tick time.Duration
+	// FreshAge: peer reports younger than this count as reported.
+	FreshAge time.Duration
+	// MaxAge: peer reports older than this keep only their total; when
+	// every report is older, routing uses local counts alone.
+	MaxAge time.Duration
+	// DisputeAfter: a peer's open circuit that lasts this long is probed by
+	// this node once per breaker sleep window, in case the peer's own path
+	// is the problem.
+	DisputeAfter time.Duration
+}
+
+// DefaultRouteConfig fits gossip's default 50 ms send interval: a report
+// is fresh for two send intervals and loses its detail over the next second.
+func DefaultRouteConfig() RouteConfig {
+	return RouteConfig{
+		Tick:         20 * time.Millisecond,
+		FreshAge:     100 * time.Millisecond,
+		MaxAge:       time.Second,
+		DisputeAfter: 30 * time.Second,
+	}
+}
+
+// Validate reports the first bad setting.
+func (c RouteConfig) Validate() error {
+	switch {
+	case c.Tick <= 0:
+		return fmt.Errorf("route tick %v: must be positive", c.Tick)
+	case c.FreshAge < 0 || c.MaxAge <= c.FreshAge:
+		return fmt.Errorf("-peer-max-age %v: must exceed the fresh age %v", c.MaxAge, c.FreshAge)
+	case c.DisputeAfter <= 0:
+		return fmt.Errorf("-breaker-dispute-after %v: must be positive", c.DisputeAfter)
+	}
+	return nil
+}
+
+func (c RouteConfig) params(sleep time.Duration) routeParams {
+	return routeParams{freshAge: c.FreshAge, maxAge: c.MaxAge, sleepWindow: sleep, disputeAfter: c.DisputeAfter}
+}
+
+// syncLoop publishes this node's counts and circuit states, notices
+// successes (for the shared-circuit rules), and rebuilds the routes when
+// peers' reports change and as they age. It returns when ctx ends.
+func (n *Node) syncLoop(ctx context.Context) {
+	tick := time.NewTicker(n.cfg.Routes.Tick)
+	defer tick.Stop()
+	var updates <-chan struct{}
+	if n.gossip != nil {
+		updates = n.gossip.Subscribe()
+	}
+	var states []gossip.BackendState
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-updates:
+			n.refreshRoutes()
+		case <-tick.C:
+			states = n.publish(states[:0])
+			n.noteSuccesses(time.Now())
+			if n.gossip != nil {
+				// Peer reports age between updates; re-weigh them.
+				n.refreshRoutes()
+			}
+		}
+	}
+}
+
+// publish hands this node's live state to gossip; buf is reused.
+func (n *Node) publish(buf []gossip.BackendState) []gossip.BackendState {
+	if n.gossip == nil {
+		return buf
+	}
+	states := n.breakers.States()
+	for _, s := range n.proxy.Stats() {
+		buf = append(buf, gossip.BackendState{ID: s.ID, InFlight: s.InFlight, Breaker: toGossip(states[s.ID])})
+	}
+	n.gossip.Publish(buf)
+	return buf
+}
+
+// noteSuccesses records, per backend, when this node last saw it answer well.
+func (n *Node) noteSuccesses(now time.Time) {
+	stats := n.proxy.Stats()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, s := range stats {
+		ok := s.Requests - s.Failures
+		if ok > n.okCount[s.ID] {
+			n.lastOK[s.ID] = now
+		}
+		n.okCount[s.ID] = ok
+	}
+}
+
+func toGossip(s breaker.State) gossip.BreakerState {
+	switch s {
+	case breaker.Open:
+		return gossip.Open
+	case breaker.HalfOpen:
+		return gossip.HalfOpen
+	}
+	return gossip.Closed
+}
+
+// peerReports converts gossip's view into route inputs.
+func peerReports(ps []gossip.PeerReport, now time.Time) []peerReport {
+	out := make([]peerReport, 0, len(ps))
+	for _, p := range ps {
+		pr := peerReport{node: p.Node, age: now.Sub(p.Received), backends: make(map[string]peerBackend, len(p.Backends))}
+		for _, b := range p.Backends {
+			pr.backends[b.ID] = peerBackend{inflight: b.InFlight, open: b.Breaker != gossip.Closed}
+		}
+		out = append(out, pr)
+	}
+	return sortedPeers(out)
+}
