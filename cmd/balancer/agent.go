@@ -80,6 +80,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.Gossip.Profile, "gossip-profile", cfg.Gossip.Profile, "memberlist timing preset: lan or local")
 	fs.DurationVar(&cfg.Routes.MaxAge, "peer-max-age", cfg.Routes.MaxAge, "peers' reports older than this stop steering routing; all older: local counts only")
 	fs.StringVar(&cfg.Raft.Bind, "raft", cfg.Raft.Bind, "raft transport `HOST:PORT` (TCP) for the replicated config; peers learn it by gossip")
+	raftTimeout := fs.Duration("raft-timeout", cfg.Raft.HeartbeatTimeout, "raft heartbeat and election timeout: how long followers wait for a dead leader before electing (fail-over takes about 2x this)")
 	fs.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "form a new raft cluster once this many servers (`N`) are known by gossip; 1 = this node alone; 0 with -join = wait to be added")
 	fs.StringVar(&cfg.AdminToken, "admin-token", os.Getenv("BALANCER_ADMIN_TOKEN"), "require this bearer `token` on admin API writes (env BALANCER_ADMIN_TOKEN)")
 	fs.StringVar(&cfg.Consul.Service, "consul-service", "", "seed and sync backends from the healthy instances of this Consul `service` (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN)")
@@ -109,6 +110,10 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	cfg.Backends = backends
 	cfg.Logger = log
+	if *raftTimeout != cfg.Raft.HeartbeatTimeout {
+		cfg.Raft.HeartbeatTimeout, cfg.Raft.ElectionTimeout = *raftTimeout, *raftTimeout
+		cfg.Raft.LeaderLeaseTimeout = *raftTimeout / 2
+	}
 	if join != "" {
 		for _, j := range strings.Split(join, ",") {
 			if j = strings.TrimSpace(j); j != "" {

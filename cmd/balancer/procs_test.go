@@ -31,7 +31,7 @@ var (
 	buildErr  error
 )
 
-func balancerBin(t *testing.T) string {
+func balancerBin(t testing.TB) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("multi-process test: skipped with -short")
@@ -56,7 +56,7 @@ func balancerBin(t *testing.T) string {
 
 // agent is one running `balancer agent` process.
 type agent struct {
-	t       *testing.T
+	t       testing.TB
 	name    string
 	dataDir string
 	args    []string
@@ -69,7 +69,7 @@ type agent struct {
 
 // startAgent starts a node on 127.0.0.1 ports the OS picks and waits for
 // its start line, which names the bound addresses.
-func startAgent(t *testing.T, name, dataDir string, args ...string) *agent {
+func startAgent(t testing.TB, name, dataDir string, args ...string) *agent {
 	t.Helper()
 	a := &agent{t: t, name: name, dataDir: dataDir, args: args}
 	a.start()
@@ -163,7 +163,7 @@ func tail(s string, n int) string {
 
 func (a *agent) client() *admin.Client { return admin.NewClient(a.Admin, "") }
 
-func (a *agent) members(t *testing.T) []admin.Member {
+func (a *agent) members(t testing.TB) []admin.Member {
 	m, err := a.client().Members(context.Background())
 	if err != nil {
 		return nil
@@ -171,7 +171,7 @@ func (a *agent) members(t *testing.T) []admin.Member {
 	return m.Members
 }
 
-func (a *agent) config(t *testing.T) admin.Config {
+func (a *agent) config(t testing.TB) admin.Config {
 	c, err := a.client().Config(context.Background())
 	if err != nil {
 		return admin.Config{}
@@ -180,7 +180,7 @@ func (a *agent) config(t *testing.T) admin.Config {
 }
 
 // leaderName is the leader this node reports, or "".
-func (a *agent) leaderName(t *testing.T) string {
+func (a *agent) leaderName(t testing.TB) string {
 	for _, m := range a.members(t) {
 		if m.Leader {
 			return m.Name
@@ -189,7 +189,7 @@ func (a *agent) leaderName(t *testing.T) string {
 	return ""
 }
 
-func (a *agent) getBody(t *testing.T, path string) (int, string) {
+func (a *agent) getBody(t testing.TB, path string) (int, string) {
 	resp, err := http.Get("http://" + a.Listen + path)
 	if err != nil {
 		return 0, err.Error()
@@ -199,7 +199,7 @@ func (a *agent) getBody(t *testing.T, path string) (int, string) {
 	return resp.StatusCode, strings.TrimSpace(string(b))
 }
 
-func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
+func waitUntil(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {
@@ -211,7 +211,7 @@ func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool
 }
 
 // startDemoBackends runs demo backends in-process for the agents to proxy to.
-func startDemoBackends(t *testing.T, names ...string) map[string]string {
+func startDemoBackends(t testing.TB, names ...string) map[string]string {
 	t.Helper()
 	addrs := map[string]string{}
 	for _, n := range names {
@@ -234,7 +234,7 @@ func startDemoBackends(t *testing.T, names ...string) map[string]string {
 }
 
 // startRaftCluster starts n agents with -bootstrap-expect n; nodes 2..n join node 1.
-func startRaftCluster(t *testing.T, n int, backends map[string]string, extra ...string) []*agent {
+func startRaftCluster(t testing.TB, n int, backends map[string]string, extra ...string) []*agent {
 	t.Helper()
 	var flags []string
 	for id, addr := range backends {
@@ -333,7 +333,7 @@ func TestProcMinorityKeepsProxying(t *testing.T) {
 	waitUntil(t, 20*time.Second, "the survivor to report no leader", func() bool { return survivor.leaderName(t) == "" })
 }
 
-func followerOf(t *testing.T, agents []*agent) (leader, follower *agent) {
+func followerOf(t testing.TB, agents []*agent) (leader, follower *agent) {
 	name := agents[0].leaderName(t)
 	for _, a := range agents {
 		if a.name == name {
