@@ -68,10 +68,15 @@ func BenchmarkProcWeightChange(b *testing.B) {
 //	go test -run '^$' -bench ProcFailover -benchtime 5x ./cmd/balancer
 func BenchmarkProcFailover(b *testing.B) {
 	backends := startDemoBackends(b, "a", "b")
+	b.Run("raft-timeout=1s", func(b *testing.B) { benchFailover(b, backends) })
+	b.Run("raft-timeout=250ms", func(b *testing.B) { benchFailover(b, backends, "-raft-timeout", "250ms") })
+}
+
+func benchFailover(b *testing.B, backends map[string]string, extra ...string) {
 	samples := make([]time.Duration, 0, b.N)
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		agents := startRaftCluster(b, 3, backends)
+		agents := startRaftCluster(b, 3, backends, extra...)
 		leader, follower := followerOf(b, agents)
 		b.StartTimer()
 		start := time.Now()
