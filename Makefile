@@ -28,15 +28,21 @@ tools:
 tidy:
 	$(GO) mod tidy && git diff --exit-code go.mod go.sum
 
+FUZZTIME ?= 30s
+# fuzz: every wire decoder, FUZZTIME each.
 fuzz:
-	@echo "no fuzz targets yet (the gossip decoder gets one)"
+	$(GO) test ./gossip -run '^$$' -fuzz FuzzDecodeReport -fuzztime $(FUZZTIME)
+	$(GO) test ./consensus -run '^$$' -fuzz FuzzDecodeCommand -fuzztime $(FUZZTIME)
+	$(GO) test ./consensus -run '^$$' -fuzz FuzzConfigApply -fuzztime $(FUZZTIME)
+	$(GO) test ./consensus/seed -run '^$$' -fuzz FuzzParseDocument -fuzztime $(FUZZTIME)
 
 integ:
 	$(GO) test -race -run Integ $(PKGS)
 
 bench: build
 	mkdir -p bench-results
-	$(GO) test -run '^$$' -bench . -benchmem ./proxy/... ./breaker/... | tee bench-results/micro.txt
+	$(GO) test -run '^$$' -bench . -benchmem ./proxy/... ./breaker/... ./gossip/... | tee bench-results/micro.txt
+	$(GO) test -run '^$$' -bench 'ProcWeightChange|ProcFailover' -benchtime 5x ./cmd/balancer | tee bench-results/raft.txt
 	./scripts/throughput.sh | tee bench-results/throughput.txt
 
 clean:
