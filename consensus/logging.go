@@ -3,6 +3,7 @@ package consensus
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 )
 
 // slogLogger adapts raft's hclog output to the node's *slog.Logger. It drops
@@ -54,6 +56,7 @@ func (s *slogLogger) enabled(l hclog.Level) bool {
 }
 
 func (s *slogLogger) Log(level hclog.Level, msg string, args ...any) {
+	level = demote(level, msg, args)
 	if !s.enabled(level) {
 		return
 	}
@@ -142,4 +145,22 @@ func (w stdWriter) Write(p []byte) (int, error) {
 		w.l.Log(level, msg)
 	}
 	return len(p), nil
+}
+
+// demote lowers the level of raft messages that report expected states as
+// errors: a snapshot request with nothing new (the node snapshots after
+// every change, and on close), and a node without a configuration that
+// skips elections while it waits to be bootstrapped or added.
+func demote(level hclog.Level, msg string, args []any) hclog.Level {
+	switch msg {
+	case "failed to take snapshot":
+		for _, a := range args {
+			if err, ok := a.(error); ok && errors.Is(err, raft.ErrNothingNewToSnapshot) {
+				return hclog.Debug
+			}
+		}
+	case "no known peers, aborting election":
+		return hclog.Debug
+	}
+	return level
 }

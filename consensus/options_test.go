@@ -2,6 +2,8 @@ package consensus
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -9,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 )
 
 func TestOptionsValidate(t *testing.T) {
@@ -110,5 +113,14 @@ func TestHCLogAdapter(t *testing.T) {
 	l.SetLevel(hclog.Debug)
 	if !l.IsDebug() || l.GetLevel() != hclog.Debug || l.Named("x").(*slogLogger).GetLevel() != hclog.Debug {
 		t.Fatal("SetLevel not shared")
+	}
+}
+
+func TestRaftExpectedStatesAreNotErrors(t *testing.T) {
+	if got := demote(hclog.Error, "failed to take snapshot", []any{"error", fmt.Errorf("x: %w", raft.ErrNothingNewToSnapshot)}); got != hclog.Debug {
+		t.Errorf("nothing-new snapshot logged at %v", got)
+	}
+	if got := demote(hclog.Error, "failed to take snapshot", []any{"error", errors.New("disk full")}); got != hclog.Error {
+		t.Errorf("a real snapshot failure must stay an error, got %v", got)
 	}
 }
