@@ -31,7 +31,7 @@ tidy:
 FUZZTIME ?= 30s
 # fuzz: every wire decoder, FUZZTIME each.
 fuzz:
-	$(GO) test ./gossip -run '^$$' -fuzz FuzzDecodeReport -fuzztime $(FUZZTIME)
+	$(GO) test ./gossip -run '^$$' -fuzz FuzzDecodeReport -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
 	$(GO) test ./consensus -run '^$$' -fuzz FuzzDecodeCommand -fuzztime $(FUZZTIME)
 	$(GO) test ./consensus -run '^$$' -fuzz FuzzConfigApply -fuzztime $(FUZZTIME)
 	$(GO) test ./consensus/seed -run '^$$' -fuzz FuzzParseDocument -fuzztime $(FUZZTIME)

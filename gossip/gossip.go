@@ -116,15 +116,20 @@ const (
 	lifeDone
 )
 
+// seqRestartGap: a seq this far (1ms of clock) below the applied one cannot
+// be a reordered packet (that would take a million send rounds); it comes
+// from a restarted process whose clock went back.
+const seqRestartGap = uint64(time.Millisecond)
+
 // maxStrangers bounds the records kept for origins memberlist has not told
 // us about (a report may arrive just before the member's join event).
 const maxStrangers = 64
 
 type counters struct {
-	rounds, msgsSent, bytesSent, sendErrors         atomic.Uint64
-	msgsRecv, bytesRecv, statesRecv                 atomic.Uint64
-	decodeErrs, stale, dups, rejected               atomic.Uint64
-	applied, expired, incomplete, skippedEntries    atomic.Uint64
+	rounds, msgsSent, bytesSent, sendErrors      atomic.Uint64
+	msgsRecv, bytesRecv, statesRecv              atomic.Uint64
+	decodeErrs, stale, dups, rejected            atomic.Uint64
+	applied, expired, incomplete, skippedEntries atomic.Uint64
 }
 
 // nodeRec is everything known about one node name. Guarded by Gossip.mu.
@@ -169,8 +174,8 @@ func New(cfg Config) (*Gossip, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	g := &Gossip{
-		cfg:   cfg,
-		log:   logger,
+		cfg:      cfg,
+		log:      logger,
 		wake:     make(chan struct{}, 1),
 		conflict: make(chan string, 1),
 		nodes:    make(map[string]*nodeRec),
@@ -793,6 +798,12 @@ func (g *Gossip) received(m message, now time.Time) bool {
 		g.nodes[m.origin] = r
 	}
 	switch {
+	case m.seq+seqRestartGap < r.seq:
+		// Far below anything reordering can explain: a restarted process
+		// whose clock went back. Treat it as a new incarnation.
+		g.log.Info("gossip peer's seq went back: taking it as a restarted node", "node", r.name,
+			"seq", m.seq, "was", r.seq)
+		r.seq, r.pend = 0, nil
 	case m.seq < r.seq:
 		g.st.stale.Add(1)
 		return false

@@ -244,7 +244,7 @@ func TestReportExpiresAfterTTL(t *testing.T) {
 	// From now on b treats every report from a as stale, as if a's packets
 	// stopped arriving while memberlist still sees a alive.
 	b.mu.Lock()
-	b.nodes[a.name].seq = ^uint64(0) // every further report from a is stale
+	b.nodes[a.name].seq += 100000 // a's next 100000 rounds are stale
 	b.mu.Unlock()
 	sub := b.Subscribe()
 	began := time.Now()

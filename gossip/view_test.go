@@ -110,6 +110,24 @@ func TestViewAssemblesChunksAndIgnoresStale(t *testing.T) {
 	}
 }
 
+// A restarted peer whose clock went back (seq far below the old one) is a
+// new incarnation, not a stale sender.
+func TestViewAcceptsRestartWithClockGoneBack(t *testing.T) {
+	g, d := bare("me")
+	d.NotifyJoin(mlNode("p", 2))
+	old := uint64(time.Now().UnixNano())
+	d.NotifyMsg(chunksOf(t, "p", old, backends(1, "old-%d"), MaxMessageSize)[0])
+	d.NotifyMsg(chunksOf(t, "p", old-1000, backends(1, "reordered-%d"), MaxMessageSize)[0])
+	if p, _ := peerOf(g, "p"); p.Seq != old || g.Stats().StaleIgnored != 1 {
+		t.Fatalf("reordered chunk applied: %+v", p)
+	}
+	restarted := old - uint64(5*time.Second)
+	d.NotifyMsg(chunksOf(t, "p", restarted, backends(2, "new-%d"), MaxMessageSize)[0])
+	if p, _ := peerOf(g, "p"); p.Seq != restarted || len(p.Backends) != 2 {
+		t.Fatalf("restarted node's report not applied: %+v", p)
+	}
+}
+
 func hdrChunk(origin string, seq uint64, idx, count int) []byte {
 	return hdr(origin, seq, uint64(idx), uint64(count), 0)
 }
