@@ -6,91 +6,106 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
 // backendTransport is a lean HTTP/1.1 client for one proxy: a keep-alive
-// pool per backend address, and the whole exchange (write the request, read
-// the response) done on the calling goroutine. http.Transport hands every
-// request to a write goroutine and every response to a read goroutine; on a
-// loaded two-core machine those handoffs cost more than the proxying itself.
+// pool per backend (kept on the upstream, so the hot path takes only that
+// pool's lock), and for a request without a body the whole exchange (write
+// the request, read the response) done on the calling goroutine.
+// http.Transport hands every request to a write goroutine and every response
+// to a read goroutine; on a loaded two-core machine those handoffs cost more
+// than the proxying itself. A request with a body is the exception: its body
+// goes out from a helper goroutine while the response is read, as
+// http.Transport does, so that an early answer (413, 401) reaches the client
+// and a full-duplex backend does not deadlock.
 // It supports exactly what ReverseProxy needs: plain HTTP/1.1 to backends,
 // request bodies, 1xx interim answers, streaming and chunked responses,
 // trailers and protocol upgrades.
 type backendTransport struct {
 	dialer          net.Dialer
 	responseTimeout time.Duration
-	maxIdle         int
-
-	mu    sync.Mutex           // guards pools
-	pools map[string]*connPool // by backend address
+	// idleTimeout discards pooled connections idle for longer (backends
+	// close idle connections on their own timers); a field so tests can
+	// shorten it.
+	idleTimeout time.Duration
 }
 
+const (
+	// pooledIdleTimeout is http.Transport's IdleConnTimeout default.
+	pooledIdleTimeout = 90 * time.Second
+	// maxResponseHeaderBytes bounds a backend's response headers (each
+	// interim answer's too), so a faulty backend cannot make the proxy
+	// buffer without limit. http.Transport's default is 1 MiB as well.
+	maxResponseHeaderBytes = 1 << 20
+	// max1xxResponses is how many interim answers one request may get, as
+	// in http.Transport.
+	max1xxResponses = 5
+)
+
+// aLongTimeAgo is a deadline in the past: it fails pending I/O at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// connPool holds the idle keep-alive connections to one backend. It lives on
+// the upstream: created on the cold path in SetRoutes, closed there when the
+// backend leaves the table.
 type connPool struct {
-	mu   sync.Mutex
-	idle []*backendConn // most recently used last
+	addr    string
+	maxIdle int
+
+	mu     sync.Mutex
+	idle   []*backendConn // guarded by mu; most recently used last
+	closed bool           // guarded by mu; set when the backend left the table
 }
 
-type backendConn struct {
-	addr string
-	c    net.Conn
-	br   *bufio.Reader
-	bw   *bufio.Writer
-	used bool // served a request before: may have been closed by the backend meanwhile
+func newConnPool(addr string, maxIdle int) *connPool {
+	return &connPool{addr: addr, maxIdle: maxIdle}
 }
 
-func newBackendTransport(dialTimeout, responseTimeout time.Duration, maxIdle int) *backendTransport {
-	return &backendTransport{
-		dialer:          net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second},
-		responseTimeout: responseTimeout,
-		maxIdle:         maxIdle,
-		pools:           make(map[string]*connPool),
-	}
-}
-
-func (t *backendTransport) pool(addr string) *connPool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	p := t.pools[addr]
-	if p == nil {
-		p = &connPool{}
-		t.pools[addr] = p
-	}
-	return p
-}
-
-func (t *backendTransport) get(ctx context.Context, addr string) (*backendConn, error) {
-	p := t.pool(addr)
+// take pops the most recently used idle connection, after dropping those
+// idle for longer than maxAge. It returns nil when none is left.
+func (p *connPool) take(maxAge time.Duration) *backendConn {
 	p.mu.Lock()
-	if n := len(p.idle); n > 0 {
-		bc := p.idle[n-1]
-		p.idle[n-1] = nil
-		p.idle = p.idle[:n-1]
-		p.mu.Unlock()
-		return bc, nil
+	defer p.mu.Unlock()
+	n := len(p.idle)
+	if n == 0 {
+		return nil
 	}
-	p.mu.Unlock()
-	c, err := t.dialer.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, err
+	// The oldest connections sit at the front.
+	if time.Since(p.idle[0].idleAt) > maxAge {
+		cutoff := time.Now().Add(-maxAge)
+		k := 0
+		for k < n && p.idle[k].idleAt.Before(cutoff) {
+			p.idle[k].c.Close()
+			k++
+		}
+		copy(p.idle, p.idle[k:])
+		clear(p.idle[n-k:])
+		p.idle = p.idle[:n-k]
+		if n -= k; n == 0 {
+			return nil
+		}
 	}
-	return &backendConn{addr: addr, c: c, br: bufio.NewReaderSize(c, 8<<10), bw: bufio.NewWriterSize(c, 8<<10)}, nil
+	bc := p.idle[n-1]
+	p.idle[n-1] = nil
+	p.idle = p.idle[:n-1]
+	return bc
 }
 
-func (t *backendTransport) put(bc *backendConn) {
-	if t.maxIdle == 0 {
-		bc.c.Close()
-		return
-	}
-	bc.used = true
-	_ = bc.c.SetDeadline(time.Time{})
-	p := t.pool(bc.addr)
+// put keeps bc for the next request, or closes it when the pool is full or
+// closed.
+func (p *connPool) put(bc *backendConn) {
+	bc.reused = true
+	bc.idleAt = time.Now()
 	p.mu.Lock()
-	if len(p.idle) >= t.maxIdle {
+	if p.closed || len(p.idle) >= p.maxIdle {
 		p.mu.Unlock()
 		bc.c.Close()
 		return
@@ -99,107 +114,373 @@ func (t *backendTransport) put(bc *backendConn) {
 	p.mu.Unlock()
 }
 
-// CloseIdle closes every pooled connection.
-func (t *backendTransport) CloseIdle() {
-	t.mu.Lock()
-	pools := make([]*connPool, 0, len(t.pools))
-	for _, p := range t.pools {
-		pools = append(pools, p)
+// closeIdle closes the idle connections; with forever, also those that come
+// back later, because the backend is gone.
+func (p *connPool) closeIdle(forever bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if forever {
+		p.closed = true
 	}
-	t.mu.Unlock()
-	for _, p := range pools {
-		p.mu.Lock()
-		for _, bc := range p.idle {
-			bc.c.Close()
+	for _, bc := range p.idle {
+		bc.c.Close()
+	}
+	clear(p.idle)
+	p.idle = p.idle[:0]
+}
+
+// backendConn is one connection to a backend. During an exchange it belongs
+// to that request alone; in the pool, to nobody.
+type backendConn struct {
+	pool   *connPool
+	c      net.Conn
+	br     *bufio.Reader // reads through the connection's Read: header limit
+	bw     *bufio.Writer // writes through the connection's Write: counted
+	cancel func()        // fails pending I/O; registered with context.AfterFunc
+	check  connCheck     // is an idle connection still usable (conncheck_*.go)
+	idleAt time.Time     // when it went into the pool
+	reused bool          // served a request before: the backend may have closed it since
+
+	// Per exchange. Reads happen on the request goroutine; writes on the
+	// request goroutine or on the body writer, never both at once.
+	readLimit int64 // bytes the response headers may still take
+	nread     int64 // response bytes read in this exchange
+	nwritten  int64 // request bytes that reached the connection
+	// writeIdle, when set, bounds each write of the request (the backend
+	// stopped reading the body); wmoved is when its deadline last moved.
+	writeIdle time.Duration
+	wmoved    time.Time
+	ctx       context.Context // the exchange's request context, for deadline moves
+}
+
+// Read reads from the backend, refusing to go past the header limit.
+func (bc *backendConn) Read(p []byte) (int, error) {
+	if bc.readLimit <= 0 {
+		return 0, fmt.Errorf("backend response headers exceed %d bytes", maxResponseHeaderBytes)
+	}
+	n, err := bc.c.Read(p)
+	bc.readLimit -= int64(n)
+	bc.nread += int64(n)
+	return n, err
+}
+
+// Write writes to the backend, counting what got through.
+func (bc *backendConn) Write(p []byte) (int, error) {
+	if bc.writeIdle > 0 {
+		if now := time.Now(); now.Sub(bc.wmoved) >= bc.writeIdle/deadlineSteps {
+			bc.wmoved = now
+			_ = bc.c.SetWriteDeadline(now.Add(bc.writeIdle))
+			if bc.ctx.Err() != nil {
+				bc.cancel()
+			}
 		}
-		p.idle = nil
-		p.mu.Unlock()
+	}
+	n, err := bc.c.Write(p)
+	bc.nwritten += int64(n)
+	return n, err
+}
+
+// setReadDeadline moves the read deadline, unless the request has ended:
+// then the past deadline its cancel callback set (or is about to set) must
+// stay. The callback runs only after ctx.Err() turns non-nil, so either this
+// sees the error or the callback's deadline lands after this one.
+func (bc *backendConn) setReadDeadline(d time.Time) {
+	_ = bc.c.SetReadDeadline(d)
+	if bc.ctx.Err() != nil {
+		bc.cancel()
 	}
 }
 
-// errStale marks a pooled connection the backend had closed; the request
-// never reached it and goes out again on a fresh connection.
-var errStale = errors.New("stale pooled connection")
+// deadlineSteps: a deadline that follows progress moves at most every
+// timeout/deadlineSteps, so a busy stream does not pay for a timer update
+// per read or write. A peer is therefore cut off after between 15/16 of the
+// timeout and the timeout of silence.
+const deadlineSteps = 16
 
-// RoundTrip sends req (URL.Host is the backend address) and reads the answer.
-func (t *backendTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+func (t *backendTransport) dial(ctx context.Context, p *connPool) (*backendConn, error) {
+	c, err := t.dialer.DialContext(ctx, "tcp", p.addr)
+	if err != nil {
+		return nil, err
+	}
+	bc := &backendConn{pool: p, c: c, readLimit: math.MaxInt64}
+	bc.br = bufio.NewReaderSize(bc, 8<<10)
+	bc.bw = bufio.NewWriterSize(bc, 8<<10)
+	bc.cancel = func() { _ = c.SetDeadline(aLongTimeAgo) }
+	bc.check.init(c)
+	return bc, nil
+}
+
+// get returns an idle connection that still looks usable, or a new one. A
+// pooled connection the backend has closed (or written to unasked) is
+// discarded: a request sent on it would fail, and one with a body could not
+// be sent again.
+func (t *backendTransport) get(ctx context.Context, p *connPool) (*backendConn, error) {
 	for {
-		bc, err := t.get(req.Context(), req.URL.Host)
+		bc := p.take(t.idleTimeout)
+		if bc == nil {
+			return t.dial(ctx, p)
+		}
+		if bc.br.Buffered() == 0 && bc.check.usable() {
+			return bc, nil
+		}
+		bc.c.Close()
+	}
+}
+
+// roundTrip sends req (URL.Host is the backend address) on a connection of
+// pool p and reads the answer. body is req's body as the proxy tracks it
+// (nil when there is none). A reused connection that fails before any of
+// the answer arrived is tried once more, on a fresh connection, when
+// sending req again is safe (see retryable).
+func (t *backendTransport) roundTrip(req *http.Request, p *connPool, body *replayBody) (*http.Response, error) {
+	ctx := req.Context()
+	bc, err := t.get(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	resp, retry, err := t.exchange(bc, req, body)
+	if !retry {
+		return resp, err
+	}
+	if body != nil {
+		body.rewind()
+	}
+	if bc, err = t.dial(ctx, p); err != nil {
+		return nil, err
+	}
+	resp, _, err = t.exchange(bc, req, body)
+	return resp, err
+}
+
+// exchange sends req on bc and reads the response headers. On failure bc is
+// closed, and retry says whether req may go out again on a fresh connection.
+func (t *backendTransport) exchange(bc *backendConn, req *http.Request, body *replayBody) (resp *http.Response, retry bool, err error) {
+	ctx := req.Context()
+	bc.ctx, bc.nread, bc.nwritten, bc.readLimit = ctx, 0, 0, maxResponseHeaderBytes
+	// A client that goes away unblocks whatever I/O is pending on the
+	// connection by moving its deadlines into the past. Every later
+	// deadline move re-checks ctx, so none can undo this one.
+	stop := context.AfterFunc(ctx, bc.cancel)
+	var w *bodyWriter
+	if req.Body != nil && req.Body != http.NoBody {
+		w = &bodyWriter{bc: bc, req: req, body: body, responseTimeout: t.responseTimeout, done: make(chan struct{})}
+		bc.writeIdle, bc.wmoved = t.responseTimeout, time.Time{}
+		go w.run()
+	} else {
+		// No deadline on the write: the client's context bounds it. The
+		// response timeout starts once the request is out.
+		err := req.Write(bc.bw)
+		if err == nil {
+			err = bc.bw.Flush()
+		}
+		if err != nil {
+			return t.fail(bc, req, body, w, stop, fmt.Errorf("write request: %w", err))
+		}
+		bc.setReadDeadline(time.Now().Add(t.responseTimeout))
+	}
+	resp, err = readResponse(bc, req)
+	if err != nil {
+		return t.fail(bc, req, body, w, stop, timeoutErr(err, "read response headers"))
+	}
+	bc.readLimit = math.MaxInt64
+	// The body may stream for as long as it likes; the client's context
+	// (and its idle timeout) still bound it.
+	sentFirst := true
+	if w != nil {
+		sentFirst = w.headersArrived()
+	} else {
+		bc.setReadDeadline(time.Time{})
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if err := checkUpgrade(req.Header, resp.Header); err != nil {
+			resp.Body.Close()
+			return t.fail(bc, req, body, w, stop, err)
+		}
+		if w != nil {
+			// The upgraded connection is written to by ReverseProxy; the
+			// request must be out first.
+			<-w.done
+			if w.err != nil {
+				return t.fail(bc, req, body, w, stop, fmt.Errorf("write request: %w", w.err))
+			}
+		}
+		resp.Body = &upgradedConn{bc: bc, stop: stop}
+		return resp, false, nil
+	}
+	// A backend that answered before the request was fully sent may not
+	// have read the rest: the connection's state is unknown.
+	reusable := !resp.Close && !req.Close && sentFirst
+	if resp.Body == http.NoBody || resp.ContentLength == 0 {
+		release(bc, w, stop, reusable)
+		return resp, false, nil
+	}
+	resp.Body = &pooledBody{bc: bc, w: w, body: resp.Body, stop: stop, reusable: reusable}
+	return resp, false, nil
+}
+
+// fail ends a failed exchange: bc is closed, the body writer stopped, and
+// the error says whose fault it was.
+func (t *backendTransport) fail(bc *backendConn, req *http.Request, body *replayBody, w *bodyWriter, stop func() bool, err error) (*http.Response, bool, error) {
+	stop()
+	bc.c.Close()
+	if w != nil {
+		w.stop(false)
+		if isTimeout(w.err) && !isTimeout(err) {
+			err = &timeoutError{what: "backend stopped reading the request body", err: w.err}
+		}
+	}
+	if body != nil {
+		if cerr := body.clientErr(); cerr != nil {
+			return nil, false, fmt.Errorf("%w: %w", errClientBody, cerr)
+		}
+	}
+	ctx := req.Context()
+	if ctx.Err() != nil {
+		return nil, false, ctx.Err()
+	}
+	retry := bc.reused && bc.nread == 0 && !isTimeout(err) && retryable(req, body, bc.nwritten == 0)
+	return nil, retry, err
+}
+
+// retryable reports whether a request whose reused connection failed before
+// any answer arrived may go out again, by net/http's rule: when nothing of it
+// reached the backend, or when it is replayable (an idempotent method, or an
+// Idempotency-Key), and in both cases only if no byte of its body has been
+// consumed.
+func retryable(req *http.Request, body *replayBody, nothingWritten bool) bool {
+	if body != nil && !body.pristine() {
+		return false
+	}
+	if nothingWritten {
+		return true
+	}
+	switch req.Method {
+	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, ok := req.Header["Idempotency-Key"]
+	_, xok := req.Header["X-Idempotency-Key"]
+	return ok || xok
+}
+
+// readResponse reads the final answer's headers. Interim answers (100
+// Continue, 103 Early Hints) are handed to the request's client trace,
+// which ReverseProxy uses to forward them, as http.Transport does.
+func readResponse(bc *backendConn, req *http.Request) (*http.Response, error) {
+	for n1xx := 0; ; {
+		resp, err := http.ReadResponse(bc.br, req)
 		if err != nil {
 			return nil, err
 		}
-		resp, err := t.exchange(bc, req)
-		if errors.Is(err, errStale) {
-			continue
+		code := resp.StatusCode
+		if code < 100 || code > 199 || code == http.StatusSwitchingProtocols {
+			return resp, nil
 		}
-		return resp, err
+		if n1xx++; n1xx > max1xxResponses {
+			return nil, fmt.Errorf("backend sent more than %d interim (1xx) answers", max1xxResponses)
+		}
+		bc.readLimit = maxResponseHeaderBytes
+		if trace := httptrace.ContextClientTrace(req.Context()); trace != nil && trace.Got1xxResponse != nil {
+			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
+				return nil, err
+			}
+		}
 	}
 }
 
-func (t *backendTransport) exchange(bc *backendConn, req *http.Request) (*http.Response, error) {
-	ctx := req.Context()
-	// A client that goes away, or a backend that takes too long, unblocks
-	// whatever I/O is pending on the connection by moving its deadline.
-	stop := context.AfterFunc(ctx, func() { _ = bc.c.SetDeadline(time.Unix(1, 0)) })
-	_ = bc.c.SetDeadline(time.Now().Add(t.responseTimeout))
-	fail := func(err error) (*http.Response, error) {
-		stop()
+// release ends an exchange whose response has been consumed: bc goes back
+// to its pool if that is safe, else it is closed.
+func release(bc *backendConn, w *bodyWriter, stop func() bool, reusable bool) {
+	if !stop() {
+		// The cancel callback ran, or is running: the connection's
+		// deadline is in the past.
+		reusable = false
+	}
+	if !reusable {
 		bc.c.Close()
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, err
 	}
-	if err := req.Write(bc.bw); err != nil {
-		return fail(t.staleOr(bc, req, 0, fmt.Errorf("write request: %w", err)))
+	if w != nil {
+		w.stop(reusable)
 	}
-	if err := bc.bw.Flush(); err != nil {
-		return fail(t.staleOr(bc, req, 0, fmt.Errorf("write request: %w", err)))
+	if reusable && bc.br.Buffered() == 0 {
+		bc.ctx = nil
+		bc.pool.put(bc)
+		return
 	}
-	var resp *http.Response
-	for {
-		var err error
-		resp, err = http.ReadResponse(bc.br, req)
-		if err != nil {
-			return fail(t.staleOr(bc, req, bc.br.Buffered(), timeoutErr(err, "read response headers")))
-		}
-		// Interim answers (100 Continue, 103 Early Hints) precede the real one.
-		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
-			continue
-		}
-		break
-	}
-	// The body may stream for as long as it likes; the client's context
-	// still bounds it.
-	_ = bc.c.SetDeadline(time.Time{})
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		resp.Body = &upgradedConn{bc: bc, stop: stop}
-		return resp, nil
-	}
-	reusable := !resp.Close && !req.Close
-	if resp.Body == http.NoBody || resp.ContentLength == 0 {
-		stop()
-		if reusable {
-			t.put(bc)
-		} else {
-			bc.c.Close()
-		}
-		return resp, nil
-	}
-	resp.Body = &pooledBody{t: t, bc: bc, body: resp.Body, stop: stop, reusable: reusable}
-	return resp, nil
+	bc.c.Close()
 }
 
-// staleOr decides whether a failed exchange on a reused connection may be
-// repeated: the backend closed the idle connection before it read anything,
-// and the request carries no body that might have been consumed.
-func (t *backendTransport) staleOr(bc *backendConn, req *http.Request, buffered int, err error) error {
-	if bc.used && buffered == 0 && (req.Body == nil || req.Body == http.NoBody) && req.Context().Err() == nil &&
-		!isTimeout(err) {
-		return errStale
-	}
-	return err
+// bodyWriter sends a request that has a body from its own goroutine, so
+// that the response can be read while the body is still going out. The
+// goroutine belongs to the exchange: every path that ends the exchange
+// (fail, release) stops it and waits for it, so it never outlives the
+// handler that started it.
+type bodyWriter struct {
+	bc              *backendConn
+	req             *http.Request
+	body            *replayBody // nil if the proxy does not track the body
+	responseTimeout time.Duration
+	done            chan struct{} // closed when run returns
+	err             error         // the write's result; read after done
+
+	mu      sync.Mutex
+	wrote   bool // guarded by mu: the request is completely written and flushed
+	headers bool // guarded by mu: the response headers arrived
 }
+
+func (w *bodyWriter) run() {
+	defer close(w.done)
+	bc := w.bc
+	err := w.req.Write(bc.bw)
+	if err == nil {
+		err = bc.bw.Flush()
+	}
+	bc.writeIdle = 0
+	if err != nil {
+		w.err = err
+		// The response reader has no deadline while the request goes
+		// out; closing unblocks it.
+		bc.c.Close()
+		return
+	}
+	_ = bc.c.SetWriteDeadline(time.Time{})
+	if bc.ctx.Err() != nil {
+		bc.cancel()
+	}
+	w.mu.Lock()
+	w.wrote = true
+	if !w.headers {
+		// Only now does the wait for the answer begin.
+		bc.setReadDeadline(time.Now().Add(w.responseTimeout))
+	}
+	w.mu.Unlock()
+}
+
+// headersArrived is called by the reader when the response headers are in.
+// It reports whether the request had been completely sent by then.
+func (w *bodyWriter) headersArrived() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.headers = true
+	if w.wrote {
+		w.bc.setReadDeadline(time.Time{})
+	}
+	return w.wrote
+}
+
+// stop waits for the writer. Unless the request was completely sent (done),
+// the caller has closed the connection, which ends a write to the backend,
+// and stop also ends a read of the client's body.
+func (w *bodyWriter) stop(done bool) {
+	if !done && w.body != nil {
+		w.body.abort()
+	}
+	<-w.done
+}
+
+// errClientBody marks a round trip that failed because the client's request
+// body could not be read: the client's fault, not the backend's.
+var errClientBody = errors.New("read client request body")
 
 func isTimeout(err error) bool {
 	var ne net.Error
@@ -210,23 +491,105 @@ func isTimeout(err error) bool {
 // saying what timed out.
 func timeoutErr(err error, what string) error {
 	if isTimeout(err) {
-		return &respTimeoutError{err}
+		return &timeoutError{what: "backend response timeout", err: err}
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-type respTimeoutError struct{ err error }
+type timeoutError struct {
+	what string
+	err  error
+}
 
-func (e *respTimeoutError) Error() string   { return "backend response timeout: " + e.err.Error() }
-func (e *respTimeoutError) Unwrap() error   { return e.err }
-func (e *respTimeoutError) Timeout() bool   { return true }
-func (e *respTimeoutError) Temporary() bool { return false }
+func (e *timeoutError) Error() string   { return e.what + ": " + e.err.Error() }
+func (e *timeoutError) Unwrap() error   { return e.err }
+func (e *timeoutError) Timeout() bool   { return true }
+func (e *timeoutError) Temporary() bool { return false }
+
+// checkUpgrade validates a 101 answer the way ReverseProxy would after the
+// round trip (which, on a mismatch, returns without closing the body and so
+// would leak the connection and the in-flight slot): the backend must switch
+// to the protocol the request asked for, and the request must have asked.
+func checkUpgrade(req, res http.Header) error {
+	want, got := upgradeType(req), upgradeType(res)
+	switch {
+	case want == "":
+		return fmt.Errorf("backend switched protocols (to %q) unasked", got)
+	case !printableASCII(got):
+		return fmt.Errorf("backend tried to switch to invalid protocol %q", got)
+	case !asciiEqualFold(want, got):
+		return fmt.Errorf("backend tried to switch protocol %q when %q was requested", got, want)
+	}
+	return nil
+}
+
+// upgradeType is the protocol a message switches to: its Upgrade header,
+// if Connection names "upgrade".
+func upgradeType(h http.Header) string {
+	for _, v := range h["Connection"] {
+		for len(v) > 0 {
+			var tok string
+			tok, v, _ = cutByte(v, ',')
+			if asciiEqualFold(trimOWS(tok), "upgrade") {
+				return h.Get("Upgrade")
+			}
+		}
+	}
+	return ""
+}
+
+func cutByte(s string, b byte) (before, after string, found bool) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == b {
+			return s[:i], s[i+1:], true
+		}
+	}
+	return s, "", false
+}
+
+func trimOWS(s string) string {
+	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
+	}
+	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
 
 // pooledBody returns the connection to the pool once the body has been read
 // to its end, and closes it if the reader gives up early.
 type pooledBody struct {
-	t        *backendTransport
 	bc       *backendConn
+	w        *bodyWriter // nil for a request without a body
 	body     io.ReadCloser
 	stop     func() bool
 	reusable bool
@@ -246,12 +609,8 @@ func (b *pooledBody) Close() error {
 	if !b.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	b.stop()
-	if b.eof && b.reusable {
-		b.t.put(b.bc)
-		return nil
-	}
-	return b.bc.c.Close()
+	release(b.bc, b.w, b.stop, b.eof && b.reusable)
+	return nil
 }
 
 // upgradedConn is the backend side of a switched protocol: reads drain what

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,12 +26,17 @@ type httpForwarder struct {
 	rp        *httputil.ReverseProxy
 	transport *backendTransport
 	buffers   bufferPool
+	writers   sync.Pool // of *clientWriter, one per request in flight
 }
 
 func newHTTPForwarder(p *Proxy) *httpForwarder {
 	f := &httpForwarder{
-		p:         p,
-		transport: newBackendTransport(p.cfg.DialTimeout, p.cfg.ResponseTimeout, p.cfg.MaxIdlePerBackend),
+		p: p,
+		transport: &backendTransport{
+			dialer:          net.Dialer{Timeout: p.cfg.DialTimeout, KeepAlive: 30 * time.Second},
+			responseTimeout: p.cfg.ResponseTimeout,
+			idleTimeout:     pooledIdleTimeout,
+		},
 	}
 	f.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -57,13 +63,73 @@ func newHTTPForwarder(p *Proxy) *httpForwarder {
 	return f
 }
 
-// ServeHTTP proxies one client request. It is the handler of the traffic listener in HTTP mode.
+// ServeHTTP proxies one client request. It is the handler of the traffic
+// listener in HTTP mode; the server calls it on the connection's goroutine.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if p.http == nil {
+	f := p.http
+	if f == nil {
 		http.Error(w, "proxy is in tcp mode", http.StatusInternalServerError)
 		return
 	}
-	p.http.rp.ServeHTTP(w, r)
+	cw, _ := f.writers.Get().(*clientWriter)
+	if cw == nil {
+		cw = &clientWriter{}
+	}
+	cw.start(w, p.cfg.ClientIdleTimeout)
+	if r.Body != nil && r.Body != http.NoBody {
+		// ReverseProxy hides the body behind its own wrapper; the context
+		// carries it to RoundTrip. The request is copied so that the
+		// server's own view of its body stays as it was.
+		body := &replayBody{src: r.Body, ctl: http.NewResponseController(w), idle: p.cfg.ClientIdleTimeout}
+		r = r.WithContext(context.WithValue(r.Context(), replayBodyKey{}, body))
+		r.Body = body
+	}
+	f.rp.ServeHTTP(cw, r)
+	// Not deferred: after a panic (an aborted copy), nothing may reuse it.
+	cw.ResponseWriter, cw.ctl = nil, http.ResponseController{}
+	f.writers.Put(cw)
+}
+
+// clientWriter is the ResponseWriter ReverseProxy answers through. It moves
+// the client connection's write deadline forward as the answer makes
+// progress, so a client that stops reading for ClientIdleTimeout is cut off
+// and its backend connection and in-flight slot are released.
+type clientWriter struct {
+	http.ResponseWriter
+	ctl   http.ResponseController
+	idle  time.Duration
+	moved time.Time // when the write deadline last moved
+}
+
+// start binds cw to one request. The deadline is set at once: the headers
+// (and any 1xx answer) go out before the first Write, and a deadline left
+// by the connection's previous request may be long past.
+func (cw *clientWriter) start(w http.ResponseWriter, idle time.Duration) {
+	cw.ResponseWriter, cw.ctl, cw.idle = w, *http.NewResponseController(w), idle
+	cw.moved = time.Now()
+	_ = cw.ctl.SetWriteDeadline(cw.moved.Add(idle))
+}
+
+func (cw *clientWriter) Write(p []byte) (int, error) {
+	if now := time.Now(); now.Sub(cw.moved) >= cw.idle/deadlineSteps {
+		cw.moved = now
+		_ = cw.ctl.SetWriteDeadline(now.Add(cw.idle))
+	}
+	return cw.ResponseWriter.Write(p)
+}
+
+// Unwrap lets http.ResponseController reach Flush and the deadlines.
+func (cw *clientWriter) Unwrap() http.ResponseWriter { return cw.ResponseWriter }
+
+// Hijack hands the client connection over for a switched protocol, whose
+// bytes ReverseProxy copies without this writer: the HTTP exchange's
+// deadline must not cut a long-lived WebSocket.
+func (cw *clientWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := cw.ctl.Hijack()
+	if err == nil {
+		_ = c.SetDeadline(time.Time{})
+	}
+	return c, brw, err
 }
 
 // RoundTrip sends one proxied request to a backend, retrying connect
@@ -73,10 +139,13 @@ func (f *httpForwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 	t := p.tab.Load()
 	var body *replayBody
 	if req.Body != nil && req.Body != http.NoBody {
-		// http.Transport closes the body on a dial error; shield it so that
-		// a retry can still send it, and remember whether any was read.
-		body = &replayBody{rc: req.Body}
-		req.Body = body
+		// Shield the body so that a retry can still send it, and learn
+		// whether any was read and why reading it stopped.
+		body, _ = req.Context().Value(replayBodyKey{}).(*replayBody)
+		if body == nil {
+			body = &replayBody{src: req.Body}
+			req.Body = body
+		}
 	}
 	var skip pick.Skip
 	var lastErr error
@@ -92,33 +161,39 @@ func (f *httpForwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		req.URL.Host = u.addr
 		u.inflight.Add(1)
 		start := time.Now()
-		resp, err := f.transport.RoundTrip(req)
+		resp, err := f.transport.roundTrip(req, u.pool, body)
 		if err != nil {
 			u.inflight.Add(-1)
-			if req.Context().Err() != nil {
+			if errors.Is(err, errClientBody) || req.Context().Err() != nil {
+				// The client's body broke, or the client went away:
+				// that says nothing about the backend's health.
 				u.circuit.Cancel(trial)
 				return nil, err
 			}
 			u.circuit.Done(trial, false)
 			u.stats.observe(time.Since(start), true)
-			if isDialError(err) && (body == nil || !body.read.Load()) {
+			if isDialError(err) && (body == nil || body.pristine()) {
 				skip.Add(i)
 				lastErr = err
 				continue
 			}
 			return nil, err
 		}
+		// The backend has answered: report it now, not when the body
+		// ends, so that a half-open trial whose answer streams (events,
+		// WebSocket) does not keep the backend out for as long.
 		failed := resp.StatusCode >= 500
+		u.circuit.Done(trial, !failed)
 		orig := resp.Body
 		var b *countedBody
 		if rwc, ok := orig.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
 			c := &countedConn{w: rwc}
 			b, resp.Body = &c.countedBody, c
 		} else {
-			b = &countedBody{}
+			b = &countedBody{watch: true}
 			resp.Body = b
 		}
-		b.u, b.trial, b.failed, b.start, b.ctx, b.rc = u, trial, failed, start, req.Context(), orig
+		b.u, b.failed, b.start, b.ctx, b.body, b.rc = u, failed, start, req.Context(), body, orig
 		return resp, nil
 	}
 	return nil, errors.Join(ErrNoBackend, lastErr)
@@ -129,28 +204,32 @@ func (f *httpForwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 // so the count comes back down however the request ends.
 type countedBody struct {
 	u      *upstream
-	trial  bool
 	failed bool
 	start  time.Time
 	ctx    context.Context
+	body   *replayBody // the request's, or nil
 	rc     io.ReadCloser
+	// watch: a read error counts as a failure in the statistics. The
+	// circuit heard the outcome when the headers arrived and is not told
+	// again: one request, one report.
+	watch  bool
+	broken atomic.Bool
 	done   atomic.Bool
 }
 
-func (b *countedBody) Read(p []byte) (int, error) { return b.rc.Read(p) }
+func (b *countedBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err != nil && err != io.EOF && b.watch && b.ctx.Err() == nil && (b.body == nil || b.body.clientErr() == nil) {
+		b.broken.Store(true)
+	}
+	return n, err
+}
 
 func (b *countedBody) Close() error {
 	err := b.rc.Close()
 	if b.done.CompareAndSwap(false, true) {
 		b.u.inflight.Add(-1)
-		b.u.stats.observe(time.Since(b.start), b.failed)
-		if b.ctx.Err() != nil && !b.failed {
-			// The client went away before the body was through: that says
-			// nothing about the backend's health.
-			b.u.circuit.Cancel(b.trial)
-		} else {
-			b.u.circuit.Done(b.trial, !b.failed)
-		}
+		b.u.stats.observe(time.Since(b.start), b.failed || b.broken.Load())
 	}
 	return err
 }
@@ -164,20 +243,103 @@ type countedConn struct {
 
 func (c *countedConn) Write(p []byte) (int, error) { return c.w.Write(p) }
 
-// replayBody lets a request body survive a failed dial so it can be sent to
-// the next backend; Close is left to the server, which closes the incoming
-// body once the handler returns.
+// replayBodyKey carries a request's *replayBody from ServeHTTP to RoundTrip.
+type replayBodyKey struct{}
+
+// replayBody is the client's request body as the proxy tracks it. It moves
+// the client connection's read deadline forward as the body arrives (a
+// client that stalls for ClientIdleTimeout is cut off), remembers how much
+// was read and why reading stopped, so that a failed connect can send it to
+// another backend and a broken client body is not blamed on the backend,
+// and it can be told to give up. Close is left to the server, which closes
+// the incoming body once the handler returns.
 type replayBody struct {
-	rc   io.ReadCloser
-	read atomic.Bool
+	src   io.ReadCloser
+	ctl   *http.ResponseController // the client's connection; nil: no deadlines
+	idle  time.Duration
+	moved time.Time // when the read deadline last moved; only the reading goroutine touches it
+
+	// inRead and aborted are a handshake: whichever of Read and abort
+	// comes second sees the other's flag.
+	inRead, aborted atomic.Bool
+
+	mu          sync.Mutex
+	n           int64 // guarded by mu: bytes read
+	err         error // guarded by mu: why reading stopped (io.EOF included)
+	interrupted bool  // guarded by mu: abort cut a read short
 }
 
+// errBodyAborted is what a read of an abandoned request body returns.
+var errBodyAborted = errors.New("request body no longer wanted")
+
 func (b *replayBody) Read(p []byte) (int, error) {
-	b.read.Store(true)
-	return b.rc.Read(p)
+	b.mu.Lock()
+	err := b.err
+	b.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	if b.ctl != nil {
+		if now := time.Now(); now.Sub(b.moved) >= b.idle/deadlineSteps {
+			b.moved = now
+			_ = b.ctl.SetReadDeadline(now.Add(b.idle))
+		}
+	}
+	b.inRead.Store(true)
+	if b.aborted.Load() {
+		b.inRead.Store(false)
+		return 0, errBodyAborted
+	}
+	n, err := b.src.Read(p)
+	b.inRead.Store(false)
+	b.mu.Lock()
+	b.n += int64(n)
+	if err != nil {
+		b.err = err
+		b.interrupted = err != io.EOF && b.aborted.Load()
+	}
+	b.mu.Unlock()
+	if err == io.EOF && b.ctl != nil {
+		// Once the body is in, the server watches the connection for the
+		// client going away; a deadline left behind would cancel a
+		// request whose backend takes longer than the idle timeout.
+		_ = b.ctl.SetReadDeadline(time.Time{})
+	}
+	return n, err
 }
 
 func (b *replayBody) Close() error { return nil }
+
+// abort makes the body's reader give up: a read in progress fails at once
+// (through the client connection's read deadline), later ones return
+// errBodyAborted. Called when the exchange ends before the body was sent.
+func (b *replayBody) abort() {
+	b.aborted.Store(true)
+	if b.ctl != nil && b.inRead.Load() {
+		_ = b.ctl.SetReadDeadline(aLongTimeAgo)
+	}
+}
+
+// rewind readies a pristine body for another attempt after an abort.
+func (b *replayBody) rewind() { b.aborted.Store(false) }
+
+// pristine reports that nothing of the body has been consumed, so it can
+// still be sent whole to another connection.
+func (b *replayBody) pristine() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.n == 0 && b.err == nil
+}
+
+// clientErr is the error that broke reading the client's body, if any.
+func (b *replayBody) clientErr() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err == nil || b.err == io.EOF || b.interrupted {
+		return nil
+	}
+	return b.err
+}
 
 // writeError answers a request that could not be proxied. It is the one
 // place where proxy errors become status codes.
@@ -189,6 +351,8 @@ func (f *httpForwarder) writeError(w http.ResponseWriter, r *http.Request, err e
 	status := http.StatusBadGateway
 	var ne net.Error
 	switch {
+	case errors.Is(err, errClientBody):
+		status = http.StatusBadRequest
 	case errors.Is(err, ErrNoBackend):
 		status = http.StatusServiceUnavailable
 		f.p.rejected.Add(1)
@@ -224,7 +388,11 @@ func (bp *bufferPool) Put(b []byte) { bp.pool.Put(&b) }
 
 // CloseIdle drops pooled backend connections; called on shutdown.
 func (p *Proxy) CloseIdle() {
-	if p.http != nil {
-		p.http.transport.CloseIdle()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, u := range p.ups {
+		if u.pool != nil {
+			u.pool.closeIdle(false)
+		}
 	}
 }

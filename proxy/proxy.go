@@ -76,8 +76,14 @@ type Config struct {
 	// DialTimeout bounds connecting to a backend; a connect failure is
 	// retried on another backend.
 	DialTimeout time.Duration
-	// ResponseTimeout bounds the wait for a backend's response headers (HTTP).
+	// ResponseTimeout bounds the wait for a backend's response headers
+	// once the request is sent, and how long a backend may go without
+	// taking any of a request body (HTTP). It does not bound the upload.
 	ResponseTimeout time.Duration
+	// ClientIdleTimeout cuts off an HTTP client that sends none of its
+	// request body, or reads none of the answer, for this long, releasing
+	// the backend connection and in-flight slot it holds (HTTP).
+	ClientIdleTimeout time.Duration
 	// IdleTimeout closes a TCP connection with no traffic either way.
 	IdleTimeout time.Duration
 	// MaxTries is how many backends one request may try (1..pick.MaxTries).
@@ -90,9 +96,10 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Mode:              ModeHTTP,
-		Algorithm:         pick.LeastConnLocal,
+		Algorithm:         pick.P2C,
 		DialTimeout:       2 * time.Second,
 		ResponseTimeout:   30 * time.Second,
+		ClientIdleTimeout: 60 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 		MaxTries:          3,
 		MaxIdlePerBackend: 256,
@@ -110,6 +117,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("-dial-timeout %v: must be positive", c.DialTimeout)
 	case c.ResponseTimeout <= 0:
 		return fmt.Errorf("-response-timeout %v: must be positive", c.ResponseTimeout)
+	case c.ClientIdleTimeout <= 0:
+		return fmt.Errorf("-client-idle-timeout %v: must be positive", c.ClientIdleTimeout)
 	case c.IdleTimeout <= 0:
 		return fmt.Errorf("-idle-timeout %v: must be positive", c.IdleTimeout)
 	case c.MaxTries < 1 || c.MaxTries > pick.MaxTries:
@@ -132,6 +141,14 @@ type upstream struct {
 	inflight atomic.Int64
 	circuit  Circuit
 	stats    Stats
+	pool     *connPool // idle HTTP keep-alive connections; nil in TCP mode
+}
+
+// close releases what the upstream holds once it has left the table.
+func (u *upstream) close() {
+	if u.pool != nil {
+		u.pool.closeIdle(true)
+	}
 }
 
 // table is an immutable routing snapshot; cands[i] describes ups[i].
@@ -205,7 +222,8 @@ func (openGate) Cancel(bool)         {}
 // SetRoutes replaces the routing table. It is called by the node on the cold
 // path (config change, circuit transition, gossip update); requests already
 // running keep the table they started with. Backends that disappear keep
-// their counters until their last request finishes.
+// their counters until their last request finishes; their idle connections
+// are closed at once, and busy ones when their request ends.
 func (p *Proxy) SetRoutes(routes []Route) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -218,7 +236,13 @@ func (p *Proxy) SetRoutes(routes []Route) {
 	for i, r := range routes {
 		u := p.ups[r.ID]
 		if u == nil || u.addr != r.Address {
+			if u != nil {
+				u.close()
+			}
 			u = &upstream{id: r.ID, addr: r.Address, circuit: p.newCircuit(r.ID)}
+			if p.http != nil {
+				u.pool = newConnPool(r.Address, p.cfg.MaxIdlePerBackend)
+			}
 			p.ups[r.ID] = u
 		}
 		seen[r.ID] = true
@@ -241,8 +265,9 @@ func (p *Proxy) SetRoutes(routes []Route) {
 			}
 		}
 	}
-	for id := range p.ups {
+	for id, u := range p.ups {
 		if !seen[id] {
+			u.close()
 			delete(p.ups, id)
 		}
 	}

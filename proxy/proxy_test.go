@@ -439,6 +439,7 @@ func TestProxyConfigValidate(t *testing.T) {
 		func(c *Config) { c.MaxTries = 0 },
 		func(c *Config) { c.MaxTries = pick.MaxTries + 1 },
 		func(c *Config) { c.DialTimeout = 0 },
+		func(c *Config) { c.ClientIdleTimeout = 0 },
 	}
 	for i, mod := range bad {
 		c := DefaultConfig()
@@ -446,6 +447,11 @@ func TestProxyConfigValidate(t *testing.T) {
 		if err := c.Validate(); err == nil {
 			t.Errorf("case %d: want an error", i)
 		}
+	}
+	c := DefaultConfig()
+	c.ClientIdleTimeout = -time.Second
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "-client-idle-timeout") {
+		t.Errorf("a bad client idle timeout: %v, want an error naming -client-idle-timeout", err)
 	}
 	if err := DefaultConfig().Validate(); err != nil {
 		t.Fatal(err)
@@ -467,5 +473,166 @@ func TestProbeSendsExactlyOneRequestPerTable(t *testing.T) {
 	}
 	if seen["down"] != 1 || seen["up"] != 9 {
 		t.Fatalf("one probe then normal traffic elsewhere: %v", seen)
+	}
+}
+
+// A client whose request body is malformed gets 400, and the backend's
+// circuit hears nothing: clients must not be able to open a healthy
+// backend's circuit.
+func TestMalformedClientBodyIsNotABackendFailure(t *testing.T) {
+	be := namedBackend(t, "a")
+	fc := &fakeCircuit{}
+	p, url := startHTTP(t, DefaultConfig(), []Route{route("a", hostPort(be.URL))}, func(string) Circuit { return fc })
+	const n = 20
+	for i := 0; i < n; i++ {
+		conn, err := net.Dial("tcp", hostPort(url))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprint(conn, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		conn.Close()
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(jsonError(t, string(b)), "client request body") {
+			t.Fatalf("malformed chunked body: %d %s, want 400 naming the client's body", resp.StatusCode, b)
+		}
+	}
+	eventually(t, 3*time.Second, "in-flight 0", func() bool { return totalInFlight(p) == 0 })
+	if fc.failed.Load() != 0 || fc.ok.Load() != 0 || fc.can.Load() != n {
+		t.Errorf("circuit ok=%d failed=%d cancel=%d, want 0/0/%d", fc.ok.Load(), fc.failed.Load(), fc.can.Load(), n)
+	}
+	if f := p.Stats()[0].Failures; f != 0 {
+		t.Errorf("stats count %d backend failures", f)
+	}
+}
+
+// trialCircuit admits every request as the half-open trial.
+type trialCircuit struct {
+	fakeCircuit
+	trials atomic.Int64 // Done calls for a trial
+}
+
+func (c *trialCircuit) Allow() (bool, bool) { return true, true }
+func (c *trialCircuit) Done(trial, success bool) {
+	if trial {
+		c.trials.Add(1)
+	}
+	c.fakeCircuit.Done(trial, success)
+}
+
+// The half-open trial's outcome is known when the answer's headers arrive;
+// a streaming answer must not keep the backend on trial until it ends.
+func TestTrialReportedWhenHeadersArrive(t *testing.T) {
+	release := make(chan struct{})
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "first\n")
+		w.(http.Flusher).Flush()
+		<-release
+	}))
+	defer be.Close()
+	defer close(release)
+	tc := &trialCircuit{}
+	p, url := startHTTP(t, DefaultConfig(), []Route{route("a", hostPort(be.URL))}, func(string) Circuit { return tc })
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if line, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil || line != "first\n" {
+		t.Fatalf("stream: %q %v", line, err)
+	}
+	if tc.trials.Load() != 1 || tc.ok.Load() != 1 {
+		t.Fatalf("trial reports %d (ok %d) while the answer streams, want 1 success", tc.trials.Load(), tc.ok.Load())
+	}
+	if totalInFlight(p) != 1 {
+		t.Errorf("in-flight %d while the answer streams, want 1", totalInFlight(p))
+	}
+}
+
+// A client that announces a body and then stalls is cut off after
+// ClientIdleTimeout, releasing the backend connection and the slot; the
+// backend is not blamed.
+func TestStalledClientBodyReleasesSlot(t *testing.T) {
+	be := namedBackend(t, "a")
+	cfg := DefaultConfig()
+	cfg.ClientIdleTimeout = 200 * time.Millisecond
+	fc := &fakeCircuit{}
+	p, url := startHTTP(t, cfg, []Route{route("a", hostPort(be.URL))}, func(string) Circuit { return fc })
+	conn, err := net.Dial("tcp", hostPort(url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+	eventually(t, 2*time.Second, "the request in flight", func() bool { return totalInFlight(p) == 1 })
+	eventually(t, 3*time.Second, "the stalled client cut off", func() bool { return totalInFlight(p) == 0 })
+	if fc.failed.Load() != 0 || p.Stats()[0].Failures != 0 {
+		t.Errorf("a stalled client counted as a backend failure (circuit %d, stats %d)", fc.failed.Load(), p.Stats()[0].Failures)
+	}
+}
+
+// A client that stops reading a large answer is cut off after
+// ClientIdleTimeout, releasing the backend connection and the slot.
+func TestNonReadingClientReleasesSlot(t *testing.T) {
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(make([]byte, 64<<20))
+	}))
+	defer be.Close()
+	cfg := DefaultConfig()
+	cfg.ClientIdleTimeout = 200 * time.Millisecond
+	p, url := startHTTP(t, cfg, []Route{route("a", hostPort(be.URL))}, nil)
+	conn, err := net.Dial("tcp", hostPort(url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	eventually(t, 2*time.Second, "the request in flight", func() bool { return totalInFlight(p) == 1 })
+	eventually(t, 5*time.Second, "the non-reading client cut off", func() bool { return totalInFlight(p) == 0 })
+}
+
+// ClientIdleTimeout counts silence only: an upload or a download that keeps
+// moving may take far longer, and a backend may think for longer than it
+// once the body is in.
+func TestClientIdleTimeoutCountsOnlySilence(t *testing.T) {
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		switch r.URL.Path {
+		case "/think":
+			time.Sleep(600 * time.Millisecond) // the backend's pace, not a wait for the test
+		case "/stream":
+			for i := 0; i < 8; i++ {
+				fmt.Fprintf(w, "%d\n", i)
+				w.(http.Flusher).Flush()
+				time.Sleep(100 * time.Millisecond)
+			}
+			return
+		}
+		fmt.Fprint(w, n)
+	}))
+	defer be.Close()
+	cfg := DefaultConfig()
+	cfg.ClientIdleTimeout = 300 * time.Millisecond
+	_, url := startHTTP(t, cfg, []Route{route("a", hostPort(be.URL))}, nil)
+	pr, pw := io.Pipe()
+	go func() {
+		for i := 0; i < 8; i++ { // 800 ms of upload, 100 ms apart
+			pw.Write(make([]byte, 16<<10))
+			time.Sleep(100 * time.Millisecond)
+		}
+		pw.Close()
+	}()
+	if code, body := post(t, url, pr); code != 200 || body != fmt.Sprint(8*16<<10) {
+		t.Fatalf("steady upload longer than the idle timeout: %d %q", code, body)
+	}
+	if code, body := post(t, url+"/think", strings.NewReader("x")); code != 200 || body != "1" {
+		t.Fatalf("backend thinking longer than the client idle timeout: %d %q", code, body)
+	}
+	if code, body, _ := get(t, url+"/stream"); code != 200 || body != "0\n1\n2\n3\n4\n5\n6\n7\n" {
+		t.Fatalf("steady download longer than the idle timeout: %d %q", code, body)
 	}
 }

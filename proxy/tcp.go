@@ -20,9 +20,10 @@ type tcpForwarder struct {
 	p      *Proxy
 	dialer net.Dialer
 
-	mu    sync.Mutex            // guards conns
-	conns map[net.Conn]struct{} // client connections being served, closed on forced shutdown
-	wg    sync.WaitGroup
+	mu      sync.Mutex            // guards conns and closing
+	conns   map[net.Conn]struct{} // client and backend connections being served, closed on forced shutdown
+	closing bool                  // the grace has ended: connections are closed as they come
+	wg      sync.WaitGroup
 }
 
 func newTCPForwarder(p *Proxy) *tcpForwarder {
@@ -35,8 +36,10 @@ func newTCPForwarder(p *Proxy) *tcpForwarder {
 
 // ServeTCP accepts connections on ln and proxies each to a backend until ctx
 // ends. Then it stops accepting and waits up to grace for open connections to
-// finish before closing them. It returns nil after a shutdown, or the accept
-// error that stopped it.
+// finish before closing them (both sides). Failed accepts (out of file
+// descriptors, say) are retried with a backoff from 5 ms to 1 s, as
+// http.Server does. It returns nil after a shutdown, or net.ErrClosed when
+// someone else closed ln.
 func (p *Proxy) ServeTCP(ctx context.Context, ln net.Listener, grace time.Duration) error {
 	f := p.tcp
 	if f == nil {
@@ -45,19 +48,36 @@ func (p *Proxy) ServeTCP(ctx context.Context, ln net.Listener, grace time.Durati
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var acceptErr error
+	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			if ctx.Err() == nil {
-				var ne net.Error
-				if errors.As(err, &ne) && ne.Timeout() {
-					continue
-				}
-				acceptErr = err
+			if ctx.Err() != nil {
+				break
 			}
-			break
+			if errors.Is(err, net.ErrClosed) {
+				acceptErr = err
+				break
+			}
+			if backoff == 0 {
+				backoff = 5 * time.Millisecond
+			} else if backoff *= 2; backoff > time.Second {
+				backoff = time.Second
+			}
+			p.log.Warn("tcp accept failed; retrying", "err", err, "in", backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
+			continue
 		}
-		f.track(c, true)
+		backoff = 0
+		if !f.track(c, true) {
+			c.Close()
+			continue
+		}
 		f.wg.Add(1)
 		go func() {
 			defer f.wg.Done()
@@ -69,26 +89,38 @@ func (p *Proxy) ServeTCP(ctx context.Context, ln net.Listener, grace time.Durati
 	return acceptErr
 }
 
-func (f *tcpForwarder) track(c net.Conn, add bool) {
+// track adds or removes a connection that a forced shutdown must close. It
+// reports false, for an add, once the shutdown has begun closing: the caller
+// closes the connection itself.
+func (f *tcpForwarder) track(c net.Conn, add bool) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if add {
-		f.conns[c] = struct{}{}
-	} else {
+	if !add {
 		delete(f.conns, c)
+		return true
 	}
+	if f.closing {
+		return false
+	}
+	f.conns[c] = struct{}{}
+	return true
 }
 
-// drain waits for open connections, then closes whatever is left.
+// drain waits for open connections, then closes whatever is left: client
+// and backend sides, so no copy stays blocked on a peer that neither reads
+// nor writes.
 func (f *tcpForwarder) drain(grace time.Duration) {
 	done := make(chan struct{})
 	go func() { f.wg.Wait(); close(done) }()
+	t := time.NewTimer(grace)
+	defer t.Stop()
 	select {
 	case <-done:
 		return
-	case <-time.After(grace):
+	case <-t.C:
 	}
 	f.mu.Lock()
+	f.closing = true
 	for c := range f.conns {
 		c.Close()
 	}
@@ -123,7 +155,10 @@ func (f *tcpForwarder) serve(ctx context.Context, client net.Conn) {
 		// now also ends a half-open trial without waiting for a long
 		// session to finish.
 		u.circuit.Done(trial, true)
-		pipe(client, backend, p.cfg.IdleTimeout)
+		if f.track(backend, true) {
+			pipe(client, backend, p.cfg.IdleTimeout)
+			f.track(backend, false)
+		}
 		backend.Close()
 		u.inflight.Add(-1)
 		u.stats.observe(time.Since(start), false)
@@ -147,8 +182,10 @@ func pipe(client, backend net.Conn, idle time.Duration) {
 }
 
 // copyHalf copies src to dst, then half-closes dst so its reader sees EOF.
-// A read deadline that passes while the other direction is still active is
-// renewed: idleness is judged on the connection as a whole.
+// A read or write deadline that passes while the other direction is still
+// active is renewed: idleness is judged on the connection as a whole, and a
+// write the peer does not take counts as idle time, so a client that
+// half-closes and then stops reading is cut off too.
 func copyHalf(dst, src net.Conn, idle time.Duration, last *atomic.Int64) {
 	buf := make([]byte, 32<<10)
 	for {
@@ -156,8 +193,11 @@ func copyHalf(dst, src net.Conn, idle time.Duration, last *atomic.Int64) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			last.Store(time.Now().UnixNano())
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				break
+			if !writeAll(dst, buf[:n], idle, last) {
+				// Reset or idle: tear down both directions now.
+				src.Close()
+				dst.Close()
+				return
 			}
 		}
 		if err != nil {
@@ -178,4 +218,25 @@ func copyHalf(dst, src net.Conn, idle time.Duration, last *atomic.Int64) {
 	} else {
 		dst.Close()
 	}
+}
+
+// writeAll writes p to dst with a write deadline idle ahead, renewed while
+// the connection as a whole is active. It reports false when dst failed or
+// the connection went idle.
+func writeAll(dst net.Conn, p []byte, idle time.Duration, last *atomic.Int64) bool {
+	for len(p) > 0 {
+		_ = dst.SetWriteDeadline(time.Now().Add(idle))
+		n, err := dst.Write(p)
+		p = p[n:]
+		if n > 0 {
+			last.Store(time.Now().UnixNano())
+		}
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && time.Since(time.Unix(0, last.Load())) < idle {
+				continue
+			}
+			return false
+		}
+	}
+	return true
 }

@@ -150,3 +150,119 @@ func TestTCPNoBackendClosesConnection(t *testing.T) {
 	}
 	eventually(t, time.Second, "rejection counted", func() bool { return p.Rejected() == 1 })
 }
+
+// A client that half-closes and then stops reading while the backend keeps
+// writing is cut off after IdleTimeout: a write the client does not take
+// counts as idle time.
+func TestTCPHalfClosedNonReaderTimesOut(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 64<<10)
+				for {
+					if _, err := c.Write(buf); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	cfg := DefaultConfig()
+	cfg.IdleTimeout = 200 * time.Millisecond
+	p, addr := startTCP(t, cfg, []Route{route("a", ln.Addr().String())})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).CloseWrite()
+	eventually(t, 2*time.Second, "the connection in flight", func() bool { return totalInFlight(p) == 1 })
+	eventually(t, 3*time.Second, "the non-reading client cut off", func() bool { return totalInFlight(p) == 0 })
+}
+
+// A forced shutdown closes the backend side too: a copy blocked on a
+// backend that stopped reading must not hold ServeTCP past its grace.
+func TestTCPForcedShutdownClosesBackendSide(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var mu sync.Mutex
+	var held []net.Conn // accepted, never read
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	cfg := DefaultConfig()
+	cfg.Mode = ModeTCP
+	cfg.IdleTimeout = time.Minute
+	p, err := New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.SetRoutes([]Route{route("a", ln.Addr().String())})
+	pl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const grace = 200 * time.Millisecond
+	done := make(chan error, 1)
+	go func() { done <- p.ServeTCP(ctx, pl, grace) }()
+	c, err := net.Dial("tcp", pl.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Write until the pipe is full: the proxy is then blocked writing to
+	// the backend.
+	buf := make([]byte, 1<<20)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if time.Now().After(deadline) {
+			t.Fatal("the pipe to a non-reading backend never filled")
+		}
+		c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := c.Write(buf); err != nil {
+			break
+		}
+	}
+	cancel()
+	start := time.Now()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("ServeTCP: %v", err)
+		}
+		if d := time.Since(start); d > grace+time.Second {
+			t.Errorf("ServeTCP returned %v after the shutdown began, grace %v", d, grace)
+		}
+	case <-time.After(grace + 5*time.Second):
+		t.Fatalf("ServeTCP still running %v after the shutdown began (grace %v)", grace+5*time.Second, grace)
+	}
+}

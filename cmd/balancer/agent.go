@@ -88,6 +88,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` for the node's state on disk (created if missing)")
 	fs.DurationVar(&cfg.Proxy.DialTimeout, "dial-timeout", cfg.Proxy.DialTimeout, "bound on connecting to a backend; a failed connect is retried on another backend")
 	fs.DurationVar(&cfg.Proxy.ResponseTimeout, "response-timeout", cfg.Proxy.ResponseTimeout, "bound on waiting for a backend's response headers (http mode); then 504")
+	fs.DurationVar(&cfg.Proxy.ClientIdleTimeout, "client-idle-timeout", cfg.Proxy.ClientIdleTimeout, "http mode: cut off a client that sends or reads nothing for this long while its request or answer is in transfer")
 	fs.DurationVar(&cfg.Proxy.IdleTimeout, "idle-timeout", cfg.Proxy.IdleTimeout, "close a tcp-mode connection after this long with no bytes either way")
 	fs.IntVar(&cfg.Proxy.MaxTries, "max-tries", cfg.Proxy.MaxTries, fmt.Sprintf("backends one request may try when connects fail (1..%d)", pick.MaxTries))
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "on SIGINT/SIGTERM, how long in-flight requests may take to finish")
