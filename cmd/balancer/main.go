@@ -32,6 +32,7 @@ Usage:
   balancer weights [-admin ...]   list the backends and weights a node applies
   balancer weights set ID WEIGHT [-admin ...]
                                   change a weight through any node
+  balancer bench [flags]          benchmark the algorithms on a local cluster
 
 Run 'balancer COMMAND -h' for the flags of a command.
 `
@@ -72,6 +73,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runMembers(ctx, args[1:], stdout, stderr)
 	case "weights":
 		return runWeights(ctx, args[1:], stdout, stderr)
+	case "bench":
+		return runBench(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, topUsage)
 		return nil
