@@ -1,6 +1,7 @@
 package node
 
 import (
+	"math"
 	"sort"
 	"time"
 
@@ -80,6 +81,7 @@ type routeInputs struct {
 	backends []proxy.Backend          // sorted by ID
 	local    map[string]breaker.State // this node's circuits
 	lastOK   map[string]time.Time     // last successful answer through this node
+	latency  map[string]float64       // recent mean response time per backend, seconds (absent: unknown)
 	peers    []peerReport             // live peers only
 	params   routeParams
 }
@@ -146,7 +148,7 @@ func computeRoutes(in routeInputs, st *routeState) []proxy.Route {
 
 	routes := make([]proxy.Route, len(in.backends))
 	for i, b := range in.backends {
-		r := proxy.Route{Backend: b}
+		r := proxy.Route{Backend: b, Latency: in.latency[b.ID]}
 		own := in.local[b.ID]
 		// Load from peers.
 		if anyUsable {
@@ -160,7 +162,14 @@ func computeRoutes(in routeInputs, st *routeState) []proxy.Route {
 				if reported < 0 {
 					reported = 0
 				}
-				r.Peers += u.trust*reported + (1-u.trust)*u.total*share
+				t := u.trust
+				if lat := in.latency[b.ID]; lat > 0 {
+					// A count changes about once per response time: a report
+					// several response times old says little about this
+					// backend's count now, however young it is in seconds.
+					t = math.Min(t, math.Exp(-pr.age.Seconds()/lat))
+				}
+				r.Peers += t*reported + (1-t)*u.total*share
 			}
 		}
 		// Circuits: who has it open, and since when.

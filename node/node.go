@@ -215,6 +215,8 @@ type Node struct {
 	routes   *routeState          // what route computation remembers
 	lastOK   map[string]time.Time // last successful answer per backend through this node
 	okCount  map[string]uint64    // successes seen at the last tick, per backend
+	latency  map[string]float64   // EWMA response time per backend, seconds
+	latSeen  map[string]latencyMark
 }
 
 // New validates cfg, prepares the data directory and binds the listeners,
@@ -233,7 +235,8 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("-data-dir: %w", err)
 	}
 	n := &Node{cfg: cfg, log: log, registry: cfg.Registry, routes: newRouteState(),
-		lastOK: make(map[string]time.Time), okCount: make(map[string]uint64)}
+		lastOK: make(map[string]time.Time), okCount: make(map[string]uint64),
+		latency: make(map[string]float64), latSeen: make(map[string]latencyMark)}
 	if n.registry == nil {
 		n.registry = prometheus.NewRegistry()
 		registerRuntime(n.registry)
@@ -474,6 +477,7 @@ func (n *Node) refreshRoutes() {
 		backends: n.backends,
 		local:    local,
 		lastOK:   n.lastOK,
+		latency:  n.latency,
 		peers:    peers,
 		params:   n.cfg.Routes.params(n.cfg.Breaker.SleepWindow),
 	}, n.routes)

@@ -72,7 +72,7 @@ func (n *Node) syncLoop(ctx context.Context) {
 			n.refreshRoutes()
 		case <-tick.C:
 			states = n.publish(states[:0])
-			n.noteSuccesses(time.Now())
+			n.noteStats(time.Now())
 			if n.gossip != nil {
 				// Peer reports age between updates; re-weigh them.
 				n.refreshRoutes()
@@ -94,18 +94,53 @@ func (n *Node) publish(buf []gossip.BackendState) []gossip.BackendState {
 	return buf
 }
 
-// noteSuccesses records, per backend, when this node last saw it answer well.
-func (n *Node) noteSuccesses(now time.Time) {
+// noteStats records, per backend, when this node last saw it answer well,
+// and keeps an EWMA of its response time over the completions of each tick.
+// A backend that gets no traffic drifts back toward the average of the
+// others (half-life about 10 s), so one slow spell is not held against it
+// forever: p2c would otherwise never send it the requests that show it
+// recovered.
+func (n *Node) noteStats(now time.Time) {
 	stats := n.proxy.Stats()
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	var sum float64
+	var known int
+	for _, s := range stats {
+		if l := n.latency[s.ID]; l > 0 {
+			sum += l
+			known++
+		}
+	}
+	drift := float64(n.cfg.Routes.Tick) / float64(14*time.Second) // ≈ 10 s half-life
 	for _, s := range stats {
 		ok := s.Requests - s.Failures
 		if ok > n.okCount[s.ID] {
 			n.lastOK[s.ID] = now
 		}
 		n.okCount[s.ID] = ok
+		prev := n.latSeen[s.ID]
+		count, total := s.Latency.Count(), s.Latency.Sum
+		n.latSeen[s.ID] = latencyMark{count: count, sum: total}
+		switch {
+		case count > prev.count:
+			mean := (total - prev.sum).Seconds() / float64(count-prev.count)
+			if l := n.latency[s.ID]; l > 0 {
+				n.latency[s.ID] = l + 0.2*(mean-l)
+			} else {
+				n.latency[s.ID] = mean
+			}
+		case known > 0 && n.latency[s.ID] > 0:
+			avg := sum / float64(known)
+			n.latency[s.ID] += (avg - n.latency[s.ID]) * drift
+		}
 	}
+}
+
+// latencyMark is a backend's histogram totals at the previous tick.
+type latencyMark struct {
+	count uint64
+	sum   time.Duration
 }
 
 func toGossip(s breaker.State) gossip.BreakerState {

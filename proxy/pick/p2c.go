@@ -115,7 +115,7 @@ func (p *p2c) Pick(c []Candidate, r Rand, skip Skip) int {
 	if !ca.Available() || !cb.Available() {
 		return p.lc.Pick(c, r, skip)
 	}
-	switch x, y := p.lc.load(ca)*float64(cb.Weight), p.lc.load(cb)*float64(ca.Weight); {
+	switch x, y := p2cCost(p.lc.load(ca), ca, cb), p2cCost(p.lc.load(cb), cb, ca); {
 	case x < y:
 		return int(a)
 	case y < x:
@@ -182,4 +182,18 @@ func (e *excluded) add(i int32) {
 	copy(e.idx[k+1:e.n+1], e.idx[k:e.n])
 	e.idx[k] = i
 	e.n++
+}
+
+// p2cCost is a's cost cross-multiplied by b's weight, so that costs of two
+// candidates compare without a division. When both latencies are known the
+// cost is the expected wait, (load+1) × latency ÷ weight — the "least loaded
+// by peak EWMA" rule of Finagle's and Linkerd's P2C balancers: a backend
+// ten times slower needs ten times fewer requests in flight to be chosen,
+// which keeps a slow backend out of the tail even when it is idle. Until
+// both are known it is plain load ÷ weight.
+func p2cCost(load float64, a, b *Candidate) float64 {
+	if a.Latency > 0 && b.Latency > 0 {
+		return (load + 1) * a.Latency * float64(b.Weight)
+	}
+	return load * float64(b.Weight)
 }

@@ -31,6 +31,9 @@ type Candidate struct {
 	// Peers is the load the other nodes put on the backend, as the node last
 	// computed it from gossip (already weighted for staleness); 0 without a cluster.
 	Peers float64
+	// Latency is the backend's recent mean response time in seconds as this
+	// node observes it; 0 while unknown. p2c weighs load by it.
+	Latency float64
 }
 
 // Available reports whether the candidate may take new traffic.
