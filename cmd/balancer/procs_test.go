@@ -440,3 +440,32 @@ func snapshotIndex(dataDir string) uint64 {
 	}
 	return best
 }
+
+// A node that joins later is added as a voter by the leader; when it leaves
+// gracefully it is removed again, so the cluster's quorum does not count it.
+func TestProcLateJoinerBecomesVoterAndLeaves(t *testing.T) {
+	backends := startDemoBackends(t, "a")
+	agents := startRaftCluster(t, 3, backends)
+	late := startAgent(t, "n4", filepath.Join(t.TempDir(), "n4"),
+		"-gossip", "127.0.0.1:0", "-raft", "127.0.0.1:0", "-join", agents[0].Gossip)
+	voters := func(a *agent) map[string]bool {
+		v := map[string]bool{}
+		for _, m := range a.members(t) {
+			if m.RaftRole == "voter" {
+				v[m.Name] = true
+			}
+		}
+		return v
+	}
+	waitUntil(t, 20*time.Second, "n4 to be added as a voter and to apply the config", func() bool {
+		return voters(agents[0])["n4"] && late.config(t).Index > 0
+	})
+	if code, body := late.getBody(t, "/"); code != 200 || body != "a" {
+		t.Fatalf("the late joiner does not proxy on the replicated config: %d %q", code, body)
+	}
+	late.stop()
+	waitUntil(t, 20*time.Second, "n4 removed from the raft configuration after leaving", func() bool {
+		v := voters(agents[0])
+		return !v["n4"] && len(v) == 3
+	})
+}
