@@ -39,8 +39,13 @@ fuzz:
 integ:
 	$(GO) test -race -run Integ $(PKGS)
 
+# bench: the quick cluster benchmark on the two profiles where cluster-wide
+# balancing matters, the Go micro-benchmarks and the proxy throughput check;
+# everything lands in bench-results/ (git-ignored).
 bench: build
 	mkdir -p bench-results
+	./bin/balancer bench -quick -profile one-slow -out bench-results/one-slow | tee bench-results/one-slow.txt
+	./bin/balancer bench -quick -profile long-requests -out bench-results/long-requests | tee bench-results/long-requests.txt
 	$(GO) test -run '^$$' -bench . -benchmem ./proxy/... ./breaker/... ./gossip/... | tee bench-results/micro.txt
 	$(GO) test -run '^$$' -bench 'ProcWeightChange|ProcFailover' -benchtime 5x ./cmd/balancer | tee bench-results/raft.txt
 	./scripts/throughput.sh | tee bench-results/throughput.txt
