@@ -360,13 +360,43 @@ func (h *harness) run(ctx context.Context) error {
 		}
 	}
 	if cfg.Compare == "haproxy" && ctx.Err() == nil {
-		hp, err := startHAProxy(ctx, cfg.Out, h.specs)
-		if err != nil {
-			h.notef("%v", err)
-		} else {
-			r := h.measure(ctx, "haproxy", "haproxy", []string{hp.Listen}, nil, false)
-			hp.stop()
-			h.res.Runs = append(h.res.Runs, r)
+		// One HAProxy as the single-proxy reference, and as many independent
+		// HAProxies as the balancer has nodes — what operators run today for
+		// availability — with the clients spread over them as over the nodes.
+		counts := []int{1}
+		if cfg.Nodes > 1 {
+			counts = append(counts, cfg.Nodes)
+		}
+		for _, n := range counts {
+			if ctx.Err() != nil {
+				break
+			}
+			var procs []*haproxyProc
+			var addrs []string
+			for i := 0; i < n; i++ {
+				dir := filepath.Join(cfg.Out, fmt.Sprintf("haproxy-%dof%d", i+1, n))
+				if err := os.MkdirAll(dir, 0o755); err != nil {
+					h.notef("%v", err)
+					break
+				}
+				hp, err := startHAProxy(ctx, dir, h.specs)
+				if err != nil {
+					h.notef("%v", err)
+					break
+				}
+				procs = append(procs, hp)
+				addrs = append(addrs, hp.Listen)
+			}
+			if len(procs) == n {
+				name := "haproxy"
+				if n > 1 {
+					name = fmt.Sprintf("haproxy x%d", n)
+				}
+				h.res.Runs = append(h.res.Runs, h.measure(ctx, name, "haproxy", addrs, nil, false))
+			}
+			for _, hp := range procs {
+				hp.stop()
+			}
 		}
 	}
 	h.finish(&direct)

@@ -82,7 +82,7 @@ func TestBenchShortRun(t *testing.T) {
 	}
 	want := append([]string{"direct"}, pick.Names()...)
 	if haproxy {
-		want = append(want, "haproxy")
+		want = append(want, "haproxy", "haproxy x2")
 	}
 	for _, name := range want {
 		r, ok := runs[name]
