@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -153,7 +154,7 @@ func (f *httpForwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		i, trial, err := p.choose(t, &skip)
 		if err != nil {
 			if lastErr != nil {
-				err = errors.Join(err, lastErr)
+				err = fmt.Errorf("%w (last: %w)", err, lastErr)
 			}
 			return nil, err
 		}
@@ -196,7 +197,7 @@ func (f *httpForwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		b.u, b.failed, b.start, b.ctx, b.body, b.rc = u, failed, start, req.Context(), body, orig
 		return resp, nil
 	}
-	return nil, errors.Join(ErrNoBackend, lastErr)
+	return nil, fmt.Errorf("%w: %d backends tried (last: %w)", ErrNoBackend, p.cfg.MaxTries, lastErr)
 }
 
 // countedBody holds a backend's in-flight slot until the response body is
