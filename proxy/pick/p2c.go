@@ -185,15 +185,28 @@ func (e *excluded) add(i int32) {
 }
 
 // p2cCost is a's cost cross-multiplied by b's weight, so that costs of two
-// candidates compare without a division. When both latencies are known the
-// cost is the expected wait, (load+1) × latency ÷ weight — the "least loaded
-// by peak EWMA" rule of Finagle's and Linkerd's P2C balancers: a backend
-// ten times slower needs ten times fewer requests in flight to be chosen,
-// which keeps a slow backend out of the tail even when it is idle. Until
-// both are known it is plain load ÷ weight.
+// candidates compare without a division. When both latencies are known and
+// differ by more than latencyNoise the cost is the expected wait,
+// (load+1) × latency ÷ weight — the "least loaded by peak EWMA" rule of
+// Finagle's and Linkerd's P2C balancers: a backend ten times slower needs
+// ten times fewer requests in flight to be chosen, which keeps a slow
+// backend out of the tail even when it is idle. Closer latencies are
+// treated as noise (a response-time average over a few long, variable
+// requests says little about the next one) and the cost is plain
+// load ÷ weight, as it is while either latency is unknown.
 func p2cCost(load float64, a, b *Candidate) float64 {
-	if a.Latency > 0 && b.Latency > 0 {
+	if latencyDiffers(a.Latency, b.Latency) {
 		return (load + 1) * a.Latency * float64(b.Weight)
 	}
 	return load * float64(b.Weight)
+}
+
+// latencyNoise is the ratio below which two backends' latencies count as equal.
+const latencyNoise = 2
+
+func latencyDiffers(x, y float64) bool {
+	if x <= 0 || y <= 0 {
+		return false
+	}
+	return x > latencyNoise*y || y > latencyNoise*x
 }

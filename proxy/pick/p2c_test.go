@@ -2,6 +2,7 @@ package pick
 
 import (
 	"slices"
+	"sync/atomic"
 	"testing"
 )
 
@@ -75,5 +76,42 @@ func TestExcluded(t *testing.T) {
 	want := []int32{0, 1, 3, 5, 9} // capacity MaxTries+1: 7 dropped
 	if got := e.idx[:e.n]; !slices.Equal(got, want) {
 		t.Errorf("excluded %v, want %v", got, want)
+	}
+}
+
+func TestP2CWeighsLoadByLatencyOnlyWhenItClearlyDiffers(t *testing.T) {
+	mk := func(load int64, lat float64) Candidate {
+		c := Candidate{Weight: 1, Local: new(atomic.Int64), Latency: lat}
+		c.Local.Store(load)
+		return c
+	}
+	cases := []struct {
+		name string
+		a, b Candidate
+		want int
+	}{
+		// b1 idle but 10x slower loses to a fast backend with 3 in flight:
+		// (0+1)*50 > (3+1)*5.
+		{"slow idle backend avoided", mk(0, 0.050), mk(3, 0.005), 1},
+		// ... but not once the fast one is queued deep: (0+1)*50 < (12+1)*5.
+		{"slow backend used when the fast one is swamped", mk(0, 0.050), mk(12, 0.005), 0},
+		// 1.2 s vs 0.9 s is noise: plain least load.
+		{"similar latencies compare by load", mk(1, 1.2), mk(2, 0.9), 0},
+		{"unknown latency compares by load", mk(1, 0), mk(2, 0.005), 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := []Candidate{tc.a, tc.b}
+			p, err := New(P2C, c, &State{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Two candidates: p2c always compares both.
+			for i := 0; i < 20; i++ {
+				if got := p.Pick(c, Random{}, Skip{}); got != tc.want {
+					t.Fatalf("picked %d, want %d", got, tc.want)
+				}
+			}
+		})
 	}
 }
