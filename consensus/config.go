@@ -128,6 +128,20 @@ func validateAddress(field, addr string) error {
 	return nil
 }
 
+// ValidateBackend checks a backend's id, address and weight by the rules
+// every command is held to, so that a backend accepted anywhere else (a
+// -backend flag, a Consul instance) is one the FSM accepts too. what names
+// it in the messages, e.g. "backend".
+func ValidateBackend(what string, b Backend) error {
+	if err := validateID(what+" id", b.ID); err != nil {
+		return err
+	}
+	if err := validateAddress(what+" "+b.ID+" address", b.Address); err != nil {
+		return err
+	}
+	return validateWeight(what+" "+b.ID+" weight", b.Weight)
+}
+
 func validateWeight(field string, w int32) error {
 	if w < 0 || w > MaxWeight {
 		return fmt.Errorf("%w: %s %d is out of range: want a whole number 0..%d (0 = no new traffic)", ErrInvalid, field, w, MaxWeight)

@@ -381,15 +381,9 @@ func (d *decoder) uvarint() uint64 {
 		return 0
 	}
 	v, n := binary.Uvarint(d.b[d.off:])
-	if n <= 0 {
-		if n == 0 {
-			d.fail(errTruncated)
-		} else {
-			d.fail(errors.New("varint overflows 64 bits"))
-		}
+	if !d.took(n) {
 		return 0
 	}
-	d.off += n
 	return v
 }
 
@@ -398,16 +392,25 @@ func (d *decoder) varint() int64 {
 		return 0
 	}
 	v, n := binary.Varint(d.b[d.off:])
-	if n <= 0 {
-		if n == 0 {
-			d.fail(errTruncated)
-		} else {
-			d.fail(errors.New("varint overflows 64 bits"))
-		}
+	if !d.took(n) {
 		return 0
 	}
-	d.off += n
 	return v
+}
+
+// took advances past a varint that encoding/binary read in n bytes, or
+// records why there was none (n == 0: input ended; n < 0: overflow).
+func (d *decoder) took(n int) bool {
+	switch {
+	case n > 0:
+		d.off += n
+		return true
+	case n == 0:
+		d.fail(errTruncated)
+	default:
+		d.fail(errors.New("varint overflows 64 bits"))
+	}
+	return false
 }
 
 func (d *decoder) bytes(n int) []byte {

@@ -7,7 +7,6 @@ import (
 
 	"github.com/thebalancer/balancer/gossip"
 
-	"github.com/thebalancer/balancer/breaker"
 	"github.com/thebalancer/balancer/node/admin"
 )
 
@@ -54,10 +53,7 @@ func (v loadView) Load() admin.Load {
 	now := time.Now()
 	out := admin.Load{Node: n.cfg.Name, Backends: []admin.BackendLoad{}}
 	for _, s := range n.proxy.Stats() {
-		st, ok := states[s.ID]
-		if !ok {
-			st = breaker.Closed
-		}
+		st := states[s.ID] // a backend without a circuit yet reads as Closed, the zero State
 		bl := admin.BackendLoad{
 			ID:       s.ID,
 			Local:    s.InFlight,

@@ -66,10 +66,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			buckets[ub] = cum
 		}
 		ch <- prometheus.MustNewConstHistogram(c.latency, s.Latency.Count(), s.Latency.Sum.Seconds(), buckets, s.ID)
-		cur, ok := states[s.ID]
-		if !ok {
-			cur = breaker.Closed
-		}
+		cur := states[s.ID] // no circuit yet reads as Closed, the zero State
 		for _, st := range []breaker.State{breaker.Closed, breaker.Open, breaker.HalfOpen} {
 			v := 0.0
 			if st == cur {

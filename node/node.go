@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"regexp"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -31,11 +30,7 @@ import (
 
 // MaxWeight is the largest backend weight accepted anywhere (flags, API,
 // Consul). 0 means no new traffic.
-const MaxWeight = 10000
-
-// idPattern is the character set of backend IDs: they appear in URLs,
-// metric labels and logs, so nothing that needs escaping.
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+const MaxWeight = consensus.MaxWeight
 
 // Config configures a node.
 type Config struct {
@@ -157,24 +152,11 @@ func gossipDefaults() gossip.Config {
 	return g
 }
 
-// ValidateBackend checks one backend's id, address and weight.
+// ValidateBackend checks one backend's id, address and weight by the
+// replicated config's rules, so that a static seed the node accepts is one
+// raft accepts too.
 func ValidateBackend(b proxy.Backend) error {
-	if !idPattern.MatchString(b.ID) {
-		return fmt.Errorf("backend id %q: want 1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit", b.ID)
-	}
-	if err := validateHostPort("backend "+b.ID+" address", b.Address); err != nil {
-		return err
-	}
-	if _, port, _ := net.SplitHostPort(b.Address); port == "0" {
-		return fmt.Errorf("backend %s address %q: port 0 is not a backend", b.ID, b.Address)
-	}
-	if h, _, _ := net.SplitHostPort(b.Address); h == "" {
-		return fmt.Errorf("backend %s address %q: a host is required", b.ID, b.Address)
-	}
-	if b.Weight < 0 || b.Weight > MaxWeight {
-		return fmt.Errorf("backend %s weight %d: want 0..%d", b.ID, b.Weight, MaxWeight)
-	}
-	return nil
+	return consensus.ValidateBackend("backend", consensus.Backend{ID: b.ID, Address: b.Address, Weight: b.Weight})
 }
 
 func validateHostPort(what, addr string) error {

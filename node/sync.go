@@ -7,6 +7,7 @@ import (
 
 	"github.com/thebalancer/balancer/breaker"
 	"github.com/thebalancer/balancer/gossip"
+	"github.com/thebalancer/balancer/proxy"
 )
 
 // RouteConfig tunes how peers' reports and circuits enter routing.
@@ -71,8 +72,9 @@ func (n *Node) syncLoop(ctx context.Context) {
 		case <-updates:
 			n.refreshRoutes()
 		case <-tick.C:
-			states = n.publish(states[:0])
-			n.noteStats(time.Now())
+			stats := n.proxy.Stats()
+			states = n.publish(states[:0], stats)
+			n.noteStats(time.Now(), stats)
 			if n.gossip != nil {
 				// Peer reports age between updates; re-weigh them.
 				n.refreshRoutes()
@@ -81,13 +83,14 @@ func (n *Node) syncLoop(ctx context.Context) {
 	}
 }
 
-// publish hands this node's live state to gossip; buf is reused.
-func (n *Node) publish(buf []gossip.BackendState) []gossip.BackendState {
+// publish hands this node's live state to gossip; buf is reused. stats is
+// the tick's one snapshot of the proxy, shared with noteStats.
+func (n *Node) publish(buf []gossip.BackendState, stats []proxy.BackendStats) []gossip.BackendState {
 	if n.gossip == nil {
 		return buf
 	}
 	states := n.breakers.States()
-	for _, s := range n.proxy.Stats() {
+	for _, s := range stats {
 		buf = append(buf, gossip.BackendState{ID: s.ID, InFlight: s.InFlight, Breaker: toGossip(states[s.ID])})
 	}
 	n.gossip.Publish(buf)
@@ -100,8 +103,7 @@ func (n *Node) publish(buf []gossip.BackendState) []gossip.BackendState {
 // others (half-life about 10 s), so one slow spell is not held against it
 // forever: p2c would otherwise never send it the requests that show it
 // recovered.
-func (n *Node) noteStats(now time.Time) {
-	stats := n.proxy.Stats()
+func (n *Node) noteStats(now time.Time, stats []proxy.BackendStats) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	var sum float64

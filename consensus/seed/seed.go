@@ -8,7 +8,8 @@
 // is applied. The node converts []Backend into the replicated config (seed
 // when empty, then sync) and keeps operator overrides.
 //
-// It imports github.com/hashicorp/consul/api and the standard library only.
+// It imports github.com/hashicorp/consul/api, consensus (for its limits) and
+// the standard library only.
 package seed
 
 import (
@@ -18,11 +19,13 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/thebalancer/balancer/consensus"
 )
 
 // MaxWeight is the largest weight a Backend carries; larger Consul weights
-// are clamped to it. It equals node.MaxWeight (0 means no new traffic).
-const MaxWeight = 10000
+// are clamped to it: the replicated config's limit (0 means no new traffic).
+const MaxWeight = consensus.MaxWeight
 
 // MaxIDLen is the longest backend ID.
 const MaxIDLen = 64
