@@ -22,9 +22,21 @@ import (
 // information", 2000): up to freshAge it counts as reported; from there to
 // maxAge its per-backend differences fade linearly towards the weight-
 // proportional share of that peer's total, which is what the report still
-// says about the cluster when the detail is too old to mean anything. When
+// says about the cluster when the detail is too old to mean anything. Age
+// here is how out of date a report can be, not when it came: peers send
+// within a send interval of any change, so a quiet peer's old report is
+// still current until its heartbeat is overdue (routeParams.staleness). When
 // every peer report is older than maxAge, the node falls back to its local
 // counts alone rather than steer by a picture of the past.
+//
+// Echo. Between reports every node holds the same picture, and an argmin
+// over it sends every node's next requests to the backend that looked idle.
+// So the node carries each report forward with its own counts: it assumes
+// the peer changed its count on a backend as this node did since the report
+// arrived, scaled by how busy the peer is relative to this node and trusted
+// as much as the report. The proxy applies it to the live count
+// (pick.Candidate.Echo), so a node's own first pick of the idle backend
+// already stands for every node's.
 //
 // Shared circuits. A peer's open circuit marks the backend down here too, so
 // the rest of the cluster stops sending to a failing backend before paying
@@ -58,6 +70,9 @@ type routeParams struct {
 	maxAge       time.Duration // reports older than this carry no per-backend detail
 	sleepWindow  time.Duration // the breaker's sleep window: probe cadence
 	disputeAfter time.Duration // a remote open this old gets probed by every node
+	// Gossip's cadence: a peer sends within sendInterval of any change and
+	// at least every heartbeat. Zero: reports are taken at face age.
+	sendInterval, heartbeat time.Duration
 }
 
 // routeState is what computeRoutes remembers between calls; owned by the
@@ -83,6 +98,7 @@ type routeInputs struct {
 	lastOK   map[string]time.Time     // last successful answer through this node
 	latency  map[string]float64       // recent mean response time per backend, seconds (absent: unknown)
 	peers    []peerReport             // live peers only
+	own      []ownSample              // this node's recent counts, oldest first
 	params   routeParams
 }
 
@@ -97,20 +113,30 @@ func computeRoutes(in routeInputs, st *routeState) []proxy.Route {
 	}
 	// Per-peer trust and totals.
 	type peerUse struct {
-		trust float64 // 1 fresh .. 0 stale
+		age   time.Duration // how out of date the report can be
+		trust float64       // 1 fresh .. 0 stale
 		total float64
+		base  *ownSample // this node's counts when the report arrived
+		pace  float64    // the peer's activity relative to this node's then
 	}
 	uses := make([]peerUse, len(in.peers))
 	anyUsable := false
 	for i, pr := range in.peers {
-		u := peerUse{trust: trust(pr.age, p.freshAge, p.maxAge)}
+		age := p.staleness(pr.age)
+		u := peerUse{age: age, trust: trust(age, p.freshAge, p.maxAge)}
 		for _, pb := range pr.backends {
 			if pb.inflight > 0 {
 				u.total += float64(pb.inflight)
 			}
 		}
-		if pr.age <= p.maxAge {
+		if age <= p.maxAge {
 			anyUsable = true
+		}
+		if u.base = ownAt(in.own, in.now.Add(-age)); u.base != nil {
+			// A peer twice as busy as this node probably changed its
+			// counts twice as fast; +1 keeps an idle side from making the
+			// ratio explode, and the cap bounds what one report can claim.
+			u.pace = min((u.total+1)/(float64(u.base.total)+1), maxPace)
 		}
 		uses[i] = u
 	}
@@ -167,9 +193,13 @@ func computeRoutes(in routeInputs, st *routeState) []proxy.Route {
 					// A count changes about once per response time: a report
 					// several response times old says little about this
 					// backend's count now, however young it is in seconds.
-					t = math.Min(t, math.Exp(-pr.age.Seconds()/lat))
+					t = math.Min(t, math.Exp(-u.age.Seconds()/lat))
 				}
 				r.Peers += t*reported + (1-t)*u.total*share
+				if u.base != nil {
+					r.Echo += t * u.pace
+					r.EchoBase += t * u.pace * float64(u.base.inflight[b.ID])
+				}
 			}
 		}
 		// Circuits: who has it open, and since when.
@@ -210,6 +240,22 @@ func computeRoutes(in routeInputs, st *routeState) []proxy.Route {
 	}
 	return routes
 }
+
+// staleness is how out of date a report of the given age can be. Peers send
+// within sendInterval of any change, so a report that is older but not yet
+// overdue for its heartbeat means nothing changed since: it is at most a
+// send interval behind, however long ago it came. A report past its
+// heartbeat (plus one send interval of slack) is as stale as it is old.
+func (p routeParams) staleness(age time.Duration) time.Duration {
+	if p.sendInterval <= 0 || age <= p.sendInterval || age > p.heartbeat+p.sendInterval {
+		return age
+	}
+	return p.sendInterval
+}
+
+// maxPace caps how much busier than this node a peer is assumed to be when
+// its counts are extrapolated from this node's.
+const maxPace = 4
 
 // trust is how much of a report's per-backend detail still holds at age.
 func trust(age, fresh, max time.Duration) float64 {

@@ -180,3 +180,89 @@ func TestDrainedBackendGetsNoShare(t *testing.T) {
 		t.Errorf("the half-stale total spreads over the undrained backends only: b got %v", rs["b"].Peers)
 	}
 }
+
+func sample(at time.Time, counts map[string]int64) ownSample {
+	s := ownSample{at: at, inflight: counts}
+	for _, n := range counts {
+		s.total += n
+	}
+	return s
+}
+
+// The echo carries a report forward with this node's own counts, scaled by
+// the peer's activity relative to this node's when the report arrived and by
+// trust in the report; the proxy then scores Peers + Echo×Local − EchoBase.
+func TestEchoExtrapolatesPeersFromOwnCounts(t *testing.T) {
+	own := []ownSample{
+		sample(t0.Add(-300*time.Millisecond), map[string]int64{"a": 5}),
+		sample(t0.Add(-40*time.Millisecond), map[string]int64{"a": 1, "b": 0}),
+		sample(t0.Add(-20*time.Millisecond), map[string]int64{"a": 2, "b": 1}),
+	}
+	// p1's report arrived 30 ms ago: this node had 1 in flight then (the
+	// -40ms sample) and p1 had 3, so p1 is taken to be twice as busy.
+	in := routeInputs{now: t0, self: "me", backends: backends3(), params: params(), own: own,
+		peers: []peerReport{peer("p1", 30*time.Millisecond, map[string]int64{"a": 3})}}
+	rs := byID(computeRoutes(in, newRouteState()))
+	if a := rs["a"]; !near(a.Echo, 2) || !near(a.EchoBase, 2) || !near(a.Peers, 3) {
+		t.Errorf("a: Peers %v Echo %v EchoBase %v, want 3, 2, 2×1", a.Peers, a.Echo, a.EchoBase)
+	}
+	if b := rs["b"]; !near(b.Echo, 2) || !near(b.EchoBase, 0) {
+		t.Errorf("b: Echo %v EchoBase %v, want 2, 0", b.Echo, b.EchoBase)
+	}
+	// What the policy scores: with a at 2 here now (1 more than when p1
+	// reported), p1 is assumed to have added 2 as well.
+	a := rs["a"]
+	if got := a.Peers + a.Echo*2 - a.EchoBase; !near(got, 5) {
+		t.Errorf("extrapolated peer load on a: %v, want 3 + 2×(2-1) = 5", got)
+	}
+
+	// A half-stale report echoes half as much; no history, no echo.
+	in.peers = []peerReport{peer("p1", 600*time.Millisecond, map[string]int64{"a": 3})}
+	if a := byID(computeRoutes(in, newRouteState()))["a"]; !near(a.Echo, 0.5*(3+1)/(5+1)) {
+		t.Errorf("half-stale echo %v, want trust 0.5 × pace 4/6 (the oldest sample is the floor)", a.Echo)
+	}
+	in.own = nil
+	if a := byID(computeRoutes(in, newRouteState()))["a"]; a.Echo != 0 || a.EchoBase != 0 {
+		t.Errorf("echo without history: %+v", a)
+	}
+}
+
+func TestOwnHistoryKeepsOneSampleBeyondTheWindow(t *testing.T) {
+	var h []ownSample
+	for i := 0; i < 100; i++ {
+		h = appendOwn(h, t0.Add(time.Duration(i)*20*time.Millisecond), []proxy.BackendStats{{ID: "a", InFlight: int64(i)}}, time.Second)
+	}
+	now := t0.Add(99 * 20 * time.Millisecond)
+	if len(h) > 52 || now.Sub(h[0].at) <= time.Second || now.Sub(h[1].at) > time.Second {
+		t.Fatalf("history of %d samples spanning %v; want the last second plus one older floor", len(h), now.Sub(h[0].at))
+	}
+	if s := ownAt(h, now.Add(-45*time.Millisecond)); s.inflight["a"] != 96 {
+		t.Errorf("sample 45ms back: %d in flight, want the 60ms-old tick's 96", s.inflight["a"])
+	}
+	if s := ownAt(h, now.Add(-time.Hour)); s != &h[0] {
+		t.Errorf("a time before the history must give the oldest sample")
+	}
+}
+
+// Peers send on every change (within a send interval) and otherwise only
+// every heartbeat, so a quiet peer's report stays current until its
+// heartbeat is overdue; then it is as stale as it is old.
+func TestQuietPeerReportStaysCurrentUntilItsHeartbeatIsOverdue(t *testing.T) {
+	p := params()
+	p.sendInterval, p.heartbeat = 50*time.Millisecond, time.Second
+	for _, tc := range []struct {
+		age  time.Duration
+		want float64 // peer load on a: reported 8 of a total 8, weights 1:1:2
+	}{
+		{30 * time.Millisecond, 8},   // fresh
+		{600 * time.Millisecond, 8},  // quiet: nothing changed since
+		{1040 * time.Millisecond, 8}, // heartbeat due, within slack
+		{1100 * time.Millisecond, 2}, // overdue and as old as maxAge: only the total, spread 1:1:2
+	} {
+		in := routeInputs{now: t0, self: "me", backends: backends3(), params: p,
+			peers: []peerReport{peer("p1", tc.age, map[string]int64{"a": 8})}}
+		if got := byID(computeRoutes(in, newRouteState()))["a"].Peers; !near(got, tc.want) {
+			t.Errorf("report aged %v: peer load %v, want %v", tc.age, got, tc.want)
+		}
+	}
+}

@@ -199,6 +199,7 @@ type Node struct {
 	okCount  map[string]uint64    // successes seen at the last tick, per backend
 	latency  map[string]float64   // EWMA response time per backend, seconds
 	latSeen  map[string]latencyMark
+	own      []ownSample // this node's counts at recent ticks, oldest first
 }
 
 // New validates cfg, prepares the data directory and binds the listeners,
@@ -461,7 +462,8 @@ func (n *Node) refreshRoutes() {
 		lastOK:   n.lastOK,
 		latency:  n.latency,
 		peers:    peers,
-		params:   n.cfg.Routes.params(n.cfg.Breaker.SleepWindow),
+		own:      n.own,
+		params:   n.cfg.Routes.params(n.cfg.Breaker.SleepWindow, n.cfg.Gossip),
 	}, n.routes)
 	n.proxy.SetRoutes(routes)
 }

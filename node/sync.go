@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/thebalancer/balancer/breaker"
@@ -50,8 +51,18 @@ func (c RouteConfig) Validate() error {
 	return nil
 }
 
-func (c RouteConfig) params(sleep time.Duration) routeParams {
-	return routeParams{freshAge: c.FreshAge, maxAge: c.MaxAge, sleepWindow: sleep, disputeAfter: c.DisputeAfter}
+// params combines the route settings with the breaker's sleep window and
+// gossip's send cadence (zero fields mean gossip's defaults, as there).
+func (c RouteConfig) params(sleep time.Duration, g gossip.Config) routeParams {
+	d := gossip.DefaultConfig()
+	if g.SendInterval == 0 {
+		g.SendInterval = d.SendInterval
+	}
+	if g.ReportTTL == 0 {
+		g.ReportTTL = d.ReportTTL
+	}
+	return routeParams{freshAge: c.FreshAge, maxAge: c.MaxAge, sleepWindow: sleep, disputeAfter: c.DisputeAfter,
+		sendInterval: g.SendInterval, heartbeat: g.ReportTTL / 3}
 }
 
 // syncLoop publishes this node's counts and circuit states, notices
@@ -98,7 +109,7 @@ func (n *Node) publish(buf []gossip.BackendState, stats []proxy.BackendStats) []
 }
 
 // noteStats records, per backend, when this node last saw it answer well,
-// and keeps an EWMA of its response time over the completions of each tick.
+// keeps its own counts for the echo (ownSample), and keeps an EWMA of its response time over the completions of each tick.
 // A backend that gets no traffic drifts back toward the average of the
 // others (half-life about 10 s), so one slow spell is not held against it
 // forever: p2c would otherwise never send it the requests that show it
@@ -114,6 +125,7 @@ func (n *Node) noteStats(now time.Time, stats []proxy.BackendStats) {
 			known++
 		}
 	}
+	n.own = appendOwn(n.own, now, stats, n.cfg.Routes.MaxAge+n.cfg.Routes.Tick)
 	drift := float64(n.cfg.Routes.Tick) / float64(14*time.Second) // ≈ 10 s half-life
 	for _, s := range stats {
 		ok := s.Requests - s.Failures
@@ -166,4 +178,46 @@ func peerReports(ps []gossip.PeerReport, now time.Time) []peerReport {
 		out = append(out, pr)
 	}
 	return sortedPeers(out)
+}
+
+// ownSample is this node's in-flight counts at one tick. Route computation
+// compares the counts now with those when each peer's report arrived: the
+// difference is what the echo extrapolates.
+type ownSample struct {
+	at       time.Time
+	inflight map[string]int64
+	total    int64
+}
+
+// appendOwn adds the tick's counts to h and drops samples no report young
+// enough to matter can refer to (keeping one older sample as the floor).
+func appendOwn(h []ownSample, now time.Time, stats []proxy.BackendStats, keep time.Duration) []ownSample {
+	s := ownSample{at: now, inflight: make(map[string]int64, len(stats))}
+	for _, b := range stats {
+		n := max(b.InFlight, 0)
+		s.inflight[b.ID] = n
+		s.total += n
+	}
+	h = append(h, s)
+	drop := 0
+	for drop+1 < len(h) && now.Sub(h[drop+1].at) > keep {
+		drop++
+	}
+	if drop > 0 {
+		h = append(h[:0], h[drop:]...)
+	}
+	return h
+}
+
+// ownAt is the latest sample taken at or before t; the oldest when every
+// sample is younger (a report older than the history is barely trusted).
+func ownAt(h []ownSample, t time.Time) *ownSample {
+	if len(h) == 0 {
+		return nil
+	}
+	i := sort.Search(len(h), func(i int) bool { return h[i].at.After(t) })
+	if i == 0 {
+		return &h[0]
+	}
+	return &h[i-1]
 }

@@ -49,6 +49,9 @@ type Route struct {
 	Probe bool
 	// Peers is the load the other nodes put on the backend (staleness-weighted).
 	Peers float64
+	// Echo and EchoBase extrapolate Peers between reports from this node's
+	// own count (see pick.Candidate).
+	Echo, EchoBase float64
 	// Latency is the backend's recent mean response time in seconds as this
 	// node observes it (0: unknown).
 	Latency float64
@@ -254,7 +257,7 @@ func (p *Proxy) SetRoutes(routes []Route) {
 			w = 0
 		}
 		t.ups[i] = u
-		t.cands[i] = pick.Candidate{Weight: w, Down: r.Down, Local: &u.inflight, Peers: r.Peers, Latency: r.Latency}
+		t.cands[i] = pick.Candidate{Weight: w, Down: r.Down, Local: &u.inflight, Peers: r.Peers, Echo: r.Echo, EchoBase: r.EchoBase, Latency: r.Latency}
 		if r.Trial && w > 0 {
 			t.trials = append(t.trials, i)
 		}

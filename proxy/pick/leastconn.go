@@ -15,18 +15,22 @@ type leastConn struct {
 	// count. Without it (least-conn-local) each node balances only its own
 	// requests, which is exact for one node and blind to the rest of the
 	// cluster; with it, nodes see each other's load, but every node sees
-	// the same stale view and may pile onto the same idle backend between
-	// gossip rounds. Anti-herding refinements belong in load.
+	// the same stale view and would pile onto the same idle backend between
+	// gossip rounds, were it not for the echo of its own picks (see
+	// Candidate.Echo).
 	peers bool
 }
 
 // load is the candidate's load as this policy scores it.
 func (p *leastConn) load(c *Candidate) float64 {
-	l := float64(inflight(c))
-	// Written as > 0 so that a NaN or negative value from a bad report
-	// counts as nothing instead of poisoning every comparison.
-	if p.peers && c.Peers > 0 {
-		l += c.Peers
+	own := float64(inflight(c))
+	l := own
+	if p.peers {
+		// Written as > 0 so that a NaN or negative value from a bad report
+		// counts as nothing instead of poisoning every comparison.
+		if peers := c.Peers + c.Echo*own - c.EchoBase; peers > 0 {
+			l += peers
+		}
 	}
 	return l
 }

@@ -131,3 +131,31 @@ func TestLeastConnManyTies(t *testing.T) {
 		})
 	}
 }
+
+// The echo makes this node's own picks since the last report count for the
+// peers too: one local request on a backend whose peers are assumed to have
+// done the same outweighs a backend that was really busier in the report.
+func TestLeastConnEcho(t *testing.T) {
+	c := loaded([]int32{1, 1}, []int64{1, 0})
+	c[1].Peers = 3
+	st := &State{}
+	if got := mustNew(t, LeastConn, c, st).Pick(c, seeded(), Skip{}); got != 0 {
+		t.Fatalf("without the echo: picked %d, want 0 (load 1 against 3)", got)
+	}
+	c[0].Echo = 4 // four peers as busy as this node, fresh reports
+	if got := mustNew(t, LeastConn, c, st).Pick(c, seeded(), Skip{}); got != 1 {
+		t.Errorf("with the echo: picked %d, want 1 (load 1+4 against 3)", got)
+	}
+	// Falling counts echo too, but the peers' share never goes below zero,
+	// and a garbage echo counts as nothing.
+	c[0].Local.Store(0)
+	c[0].EchoBase = 8
+	c[1].Peers = 0.5
+	if got := mustNew(t, LeastConn, c, st).Pick(c, seeded(), Skip{}); got != 0 {
+		t.Errorf("negative extrapolation: picked %d, want 0 (load 0 against 0.5)", got)
+	}
+	c[0].Echo = math.NaN()
+	if got := mustNew(t, LeastConn, c, st).Pick(c, seeded(), Skip{}); got != 0 {
+		t.Errorf("NaN echo: picked %d, want 0", got)
+	}
+}

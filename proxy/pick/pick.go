@@ -31,6 +31,15 @@ type Candidate struct {
 	// Peers is the load the other nodes put on the backend, as the node last
 	// computed it from gossip (already weighted for staleness); 0 without a cluster.
 	Peers float64
+	// Echo and EchoBase carry the peers' load forward between reports: the
+	// node assumes the other nodes changed their counts on this backend the
+	// way it changed its own since their reports, so the peer load it scores
+	// is Peers + Echo×Local − EchoBase. Echo is the sum over peers of
+	// (trust in the report × the peer's activity relative to this node's);
+	// EchoBase the same sum times this node's count when each report
+	// arrived. Without it every node keeps sending to the backend that looked
+	// idle in the last report until the next one shows the pile-up.
+	Echo, EchoBase float64
 	// Latency is the backend's recent mean response time in seconds as this
 	// node observes it; 0 while unknown. p2c weighs load by it.
 	Latency float64
