@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -65,7 +66,16 @@ func (s *slogLogger) Log(level hclog.Level, msg string, args ...any) {
 		all = append(all, "logger", s.name)
 	}
 	all = append(all, s.args...)
-	all = append(all, args...)
+	for _, a := range args {
+		// raft passes some values as hclog.Fmt(format, args...), which
+		// hclog renders itself; slog would print the raw slice.
+		if f, ok := a.(hclog.Format); ok && len(f) > 0 {
+			if format, ok := f[0].(string); ok {
+				a = fmt.Sprintf(format, f[1:]...)
+			}
+		}
+		all = append(all, a)
+	}
 	s.l.Log(context.Background(), slogLevel(level), msg, all...)
 }
 
