@@ -15,6 +15,11 @@ type Stats struct {
 	AppliedIndex  uint64 // raft's applied log index (not only config changes)
 	LastLogIndex  uint64
 	SnapshotIndex uint64
+	// ConfigChanges counts the committed entries that changed the config
+	// and ConfigRejected those that could not be applied (both since this
+	// process started, replayed entries included).
+	ConfigChanges  uint64
+	ConfigRejected uint64
 	// LastContact is how long ago this node last heard from a leader: 0 on
 	// the leader, -1 when it never has.
 	LastContact time.Duration
@@ -31,12 +36,14 @@ func (s *Store) Stats() Stats {
 		return v
 	}
 	st := Stats{
-		State:         strings.ToLower(m["state"]),
-		Term:          u("term"),
-		CommitIndex:   u("commit_index"),
-		AppliedIndex:  u("applied_index"),
-		LastLogIndex:  u("last_log_index"),
-		SnapshotIndex: u("last_snapshot_index"),
+		State:          strings.ToLower(m["state"]),
+		Term:           u("term"),
+		CommitIndex:    u("commit_index"),
+		AppliedIndex:   u("applied_index"),
+		LastLogIndex:   u("last_log_index"),
+		SnapshotIndex:  u("last_snapshot_index"),
+		ConfigChanges:  s.fsm.changes.Load(),
+		ConfigRejected: s.fsm.rejected.Load(),
 	}
 	switch last := s.raft.LastContact(); {
 	case st.State == "leader":

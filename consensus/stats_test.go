@@ -16,6 +16,15 @@ func TestStatsFollowTheCluster(t *testing.T) {
 	if ls.State != "leader" || ls.Term == 0 || ls.LastContact != 0 {
 		t.Fatalf("leader stats %+v: want state leader, a term, last contact 0", ls)
 	}
+	before := ls.ConfigChanges
+	if before == 0 {
+		t.Fatalf("leader stats %+v: the seed changed the config but no change was counted", ls)
+	}
+	again := c.apply(SetWeight("a", 7))
+	c.waitApplied(again.Index)
+	if got := leader.Stats().ConfigChanges; got != before+1 {
+		t.Fatalf("config changes %d after one weight change, want %d", got, before+1)
+	}
 	if ls.CommitIndex < res.Index || ls.AppliedIndex < res.Index || ls.LastLogIndex < res.Index {
 		t.Fatalf("leader stats %+v: indexes behind the committed seed at %d", ls, res.Index)
 	}
