@@ -10,7 +10,6 @@ const $ = (id) => document.getElementById(id);
 let lastOK = 0;            // when the last status arrived (ms)
 let drafts = {};           // backend id -> weight typed but not sent yet
 let writeError = "";       // the last failed change, shown until the next change succeeds
-let notice = "";           // the last successful change
 
 // el builds an element; children may be strings (set as text, never HTML).
 function el(tag, attrs, ...children) {
@@ -93,8 +92,9 @@ function weightForm(b) {
   });
   if (drafts[b.id] !== undefined) input.value = drafts[b.id];
   input.addEventListener("input", () => { drafts[b.id] = input.value; });
+  // novalidate: the page's own message says what is wrong, in the error box.
   return el("form", {
-    class: "inline weight-form", dataset: { id: b.id },
+    class: "inline weight-form", dataset: { id: b.id }, novalidate: "",
     onsubmit: (ev) => { ev.preventDefault(); setWeight(b.id, input.value); },
   }, input, el("button", { type: "submit" }, "Set"));
 }
@@ -181,17 +181,19 @@ async function change(method, path, body, what) {
       let msg = await errorText(resp);
       if (resp.status === 401) msg += token() ? " (the token was refused)" : " (enter the admin token below)";
       writeError = what + " failed: " + method + " " + path + ": " + msg;
+      $("notice").hidden = true;
       showErrors("");
       return false;
     }
     const ans = await resp.json();
     writeError = "";
-    notice = what + ": committed at config index " + ans.index + " by " + ans.leader;
-    $("token-state").textContent = notice;
+    $("notice").textContent = what + ": committed at config index " + ans.index + " by " + ans.leader;
+    $("notice").hidden = false;
     showErrors("");
     return true;
   } catch (e) {
     writeError = what + " failed: " + e.message;
+    $("notice").hidden = true;
     showErrors("");
     return false;
   }
