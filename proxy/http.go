@@ -230,7 +230,7 @@ func (b *countedBody) Close() error {
 	err := b.rc.Close()
 	if b.done.CompareAndSwap(false, true) {
 		b.u.inflight.Add(-1)
-		f := OK
+		f := NoFailure
 		switch {
 		case b.failed:
 			f = Status5xx

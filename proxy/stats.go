@@ -11,7 +11,7 @@ type Failure uint8
 
 // Failure reasons, in the order of Failures' counts.
 const (
-	OK         Failure = iota
+	NoFailure  Failure = iota
 	Connect            // the backend could not be reached: nothing was sent
 	Timeout            // no answer (or no connect) within the backend timeout
 	Transport          // the connection broke before the answer's headers
@@ -23,7 +23,7 @@ const (
 // String is the reason's metric label.
 func (f Failure) String() string {
 	switch f {
-	case OK:
+	case NoFailure:
 		return "ok"
 	case Connect:
 		return "connect"
@@ -39,7 +39,7 @@ func (f Failure) String() string {
 	return "unknown"
 }
 
-// FailureReasons lists every failure reason (OK excluded), in a stable order.
+// FailureReasons lists every failure reason (NoFailure excluded), in a stable order.
 func FailureReasons() []Failure {
 	return []Failure{Connect, Timeout, Transport, Status5xx, BrokenBody}
 }
@@ -48,13 +48,13 @@ func FailureReasons() []Failure {
 // request path; read by scrapes.
 type Stats struct {
 	requests atomic.Uint64
-	failures [numFailures]atomic.Uint64 // by reason; [OK] stays 0
+	failures [numFailures]atomic.Uint64 // by reason; [NoFailure] stays 0
 	latency  Histogram
 }
 
 func (s *Stats) observe(d time.Duration, f Failure) {
 	s.requests.Add(1)
-	if f != OK {
+	if f != NoFailure {
 		s.failures[f].Add(1)
 	}
 	s.latency.Observe(d)

@@ -161,7 +161,7 @@ func (f *tcpForwarder) serve(ctx context.Context, client net.Conn) {
 		}
 		backend.Close()
 		u.inflight.Add(-1)
-		u.stats.observe(time.Since(start), OK)
+		u.stats.observe(time.Since(start), NoFailure)
 		return
 	}
 	p.rejected.Add(1)

@@ -51,7 +51,19 @@ func TestProcStatusCommand(t *testing.T) {
 		if err := run(context.Background(), []string{"status", "-admin", agents[0].Admin}, &out, &errb); err != nil {
 			t.Fatalf("status: %v %s", err, errb.String())
 		}
-		return regexp.MustCompile(`(?m)^a\s.*\s[1-9][0-9.]*\s+0\.0\s+[0-9.]+[µm]?s$`).MatchString(out.String())
+		// Which backend the requests went to is the algorithm's business:
+		// some row must show a rate and a p99, and none an error rate.
+		for _, line := range strings.Split(out.String(), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 9 || (f[0] != "a" && f[0] != "b") {
+				continue
+			}
+			rate, p99, errs := f[len(f)-3], f[len(f)-1], f[len(f)-2]
+			if rate != "0.0" && p99 != "-" && errs == "0.0" {
+				return true
+			}
+		}
+		return false
 	})
 	text := out.String()
 	t.Logf("balancer status:\n%s", text)
@@ -198,8 +210,9 @@ func TestProcStatusPageInBrowser(t *testing.T) {
 	if s.Error != "" {
 		t.Errorf("the page shows an error: %s", s.Error)
 	}
-	waitFor("a request rate for a, closed breakers on all three nodes", 10*time.Second, func(s screen) bool {
-		return s.Rates["a"] != "0.00" && strings.Count(s.Breakers["a"], "closed") == 3
+	waitFor("a request rate, closed breakers on all three nodes", 10*time.Second, func(s screen) bool {
+		return (s.Rates["a"] != "0.00" || s.Rates["b"] != "0.00") &&
+			strings.Count(s.Breakers["a"], "closed") == 3 && strings.Count(s.Breakers["b"], "closed") == 3
 	})
 	br.screenshot(filepath.Join(artifactsDir(t), "status-page.png"))
 

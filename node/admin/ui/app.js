@@ -79,7 +79,7 @@ function renderMembers(st) {
       td("term", "num", r ? r.term : "–"),
       td("commit / applied", "num", r ? r.commit_index + " / " + r.applied_index : "– / " + m.applied_index),
       td("leader contact", "num", r ? fmtContact(r.last_contact_ms) : "–"),
-      td("admin address", "", m.admin_addr ? el("a", { href: "http://" + m.admin_addr + "/" }, m.admin_addr) : "–"),
+      td("admin address", "", m.admin_addr ? el("a", { href: location.protocol + "//" + m.admin_addr + "/" }, m.admin_addr) : "–"),
       td("gossip address", "", m.gossip_addr || "–"));
   });
   $("members").tBodies[0].replaceChildren(...rows);
