@@ -169,6 +169,13 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 	if f, _ := sample(after, "balancer_backend_failures_total", "backend", "dead", "reason", "connect"); f < 1 {
 		t.Errorf("connect failures to the dead backend: %v, want at least one", f)
 	}
+	// Every try of the dead backend fails: its circuit opens, and the
+	// transition is counted.
+	eventually(t, 5*time.Second, "the dead backend's circuit opening, in the metrics", func() bool {
+		m := scrape(t, n)
+		opened, _ := sample(m, "balancer_circuit_transitions_total", "backend", "dead", "from", "closed", "to", "open")
+		return opened >= 1
+	})
 	if f, _ := sample(after, "balancer_backend_failures_total", "backend", "a", "reason", "status_5xx"); f != 0 {
 		t.Errorf("5xx failures of the healthy backend: %v", f)
 	}

@@ -19,7 +19,8 @@ const statusUsage = `Usage: balancer status [-admin HOST:PORT] [-json]
 
 Shows the cluster as the node at -admin sees it, with each reachable peer's
 own raft state and traffic: the members (gossip state, raft role, term,
-commit and applied index, time since the leader was heard), the leader, the
+raft commit index, applied config index, time since the leader was heard),
+the leader, the
 config index, and every backend with its weight, drain flag, circuit state
 on each node, in-flight requests per node and in total, and its request
 rate, error rate and p99 latency over the last ten seconds (rates summed
@@ -71,12 +72,14 @@ func printStatus(w io.Writer, st admin.Status) error {
 		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tSTATE\tRAFT\tTERM\tCOMMIT\tAPPLIED\tLEADER CONTACT\tADMIN\tGOSSIP")
+	// COMMIT is the raft log's commit index; CONFIG the config index the
+	// member has applied (from gossip), to compare with the header's.
+	fmt.Fprintln(tw, "MEMBER\tSTATE\tRAFT\tTERM\tCOMMIT\tCONFIG\tLEADER CONTACT\tADMIN\tGOSSIP")
 	for _, m := range st.Members {
 		role, term, commit, applied, contact := dash(m.RaftRole), "-", "-", strconv.FormatUint(m.AppliedIndex, 10), "-"
 		if r := raft[m.Name]; r != nil {
 			role = r.State
-			term, commit, applied = strconv.FormatUint(r.Term, 10), strconv.FormatUint(r.CommitIndex, 10), strconv.FormatUint(r.AppliedIndex, 10)
+			term, commit = strconv.FormatUint(r.Term, 10), strconv.FormatUint(r.CommitIndex, 10)
 			contact = fmtContact(r.LastContactMS)
 		} else if _, ok := unreachable[m.Name]; ok {
 			role += " (unreachable)"

@@ -6,12 +6,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/thebalancer/balancer/node/admin"
 )
@@ -90,6 +95,28 @@ func TestProcStatusCommand(t *testing.T) {
 		}
 	}
 
+	// The cluster as Prometheus sees it: one leader, one term, everyone
+	// alive, gossip flowing.
+	leaders := 0.0
+	terms := map[float64]bool{}
+	for _, a := range agents {
+		m := scrapeAgent(t, a)
+		leaders += metricValue(m, "balancer_raft_state", "state", "leader")
+		terms[metricValue(m, "balancer_raft_term")] = true
+		if v := metricValue(m, "balancer_members", "state", "alive"); v != 3 {
+			t.Errorf("%s: balancer_members{state=alive} = %v, want 3", a.name, v)
+		}
+		if v := metricValue(m, "balancer_gossip_bytes_total", "direction", "received"); v <= 0 {
+			t.Errorf("%s: no gossip bytes received", a.name)
+		}
+		if v := metricValue(m, "balancer_raft_commit_index"); v < 1 {
+			t.Errorf("%s: raft commit index %v", a.name, v)
+		}
+	}
+	if leaders != 1 || len(terms) != 1 {
+		t.Errorf("%v nodes report being leader, terms %v; want one leader and one term", leaders, terms)
+	}
+
 	// A drained backend shows as such, on any node.
 	if _, err := agents[2].client().SetDrain(context.Background(), "b", true, admin.WaitApplied()); err != nil {
 		t.Fatal(err)
@@ -108,6 +135,47 @@ func TestProcStatusCommand(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), dead) {
 		t.Errorf("status against %s: %v", dead, err)
 	}
+}
+
+func scrapeAgent(t testing.TB, a *agent) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get("http://" + a.Admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("%s /metrics: %v", a.name, err)
+	}
+	return fams
+}
+
+// metricValue is the value of the first series of a gauge or counter
+// family whose labels include the given name, value pairs (0 if none).
+func metricValue(fams map[string]*dto.MetricFamily, name string, labels ...string) float64 {
+	f := fams[name]
+	if f == nil {
+		return 0
+	}
+next:
+	for _, m := range f.GetMetric() {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		for i := 0; i+1 < len(labels); i += 2 {
+			if have[labels[i]] != labels[i+1] {
+				continue next
+			}
+		}
+		if m.Counter != nil {
+			return m.Counter.GetValue()
+		}
+		return m.Gauge.GetValue()
+	}
+	return 0
 }
 
 // deadAdmin is a 127.0.0.1 address nothing listens on.

@@ -77,7 +77,8 @@ function renderMembers(st) {
       td("raft role", "role-" + role, role, m.raft_role && r ? el("span", { class: "muted" }, " (" + m.raft_role + ")") : null,
         unreachable[m.name] ? el("span", { class: "unreachable", title: unreachable[m.name] }, " unreachable") : null),
       td("term", "num", r ? r.term : "–"),
-      td("commit / applied", "num", r ? r.commit_index + " / " + r.applied_index : "– / " + m.applied_index),
+      td("raft commit", "num", r ? r.commit_index : "–"),
+      td("config applied", "num config-applied", m.applied_index),
       td("leader contact", "num", r ? fmtContact(r.last_contact_ms) : "–"),
       td("admin address", "", m.admin_addr ? el("a", { href: location.protocol + "//" + m.admin_addr + "/" }, m.admin_addr) : "–"),
       td("gossip address", "", m.gossip_addr || "–"));
