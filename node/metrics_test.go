@@ -44,9 +44,9 @@ func scrape(t *testing.T, n *Node) map[string]*dto.MetricFamily {
 	return fams
 }
 
-// sample returns the value of the family's series with exactly these label
+// metricSample returns the value of the family's series with exactly these label
 // values (name=value pairs), and whether there is one.
-func sample(fams map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
+func metricSample(fams map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
 	f := fams[name]
 	if f == nil {
 		return 0, false
@@ -80,7 +80,7 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 	cfg.Proxy.Algorithm = pick.RoundRobin // the dead backend gets its turns
 	n, _, _ := startNode(t, cfg)
 	eventually(t, 10*time.Second, "a lone node leads its raft cluster and applies the seed", func() bool {
-		v, _ := sample(scrape(t, n), "balancer_config_index")
+		v, _ := metricSample(scrape(t, n), "balancer_config_index")
 		return v > 0
 	})
 
@@ -128,14 +128,14 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 		{"balancer_backend_draining", []string{"backend", "a"}, 0},
 	}
 	for _, c := range checks {
-		if got, ok := sample(before, c.name, c.labels...); !ok || got != c.want {
+		if got, ok := metricSample(before, c.name, c.labels...); !ok || got != c.want {
 			t.Errorf("%s%v = %v (present %v), want %v", c.name, c.labels, got, ok, c.want)
 		}
 	}
-	if term, _ := sample(before, "balancer_raft_term"); term < 1 {
+	if term, _ := metricSample(before, "balancer_raft_term"); term < 1 {
 		t.Errorf("raft term %v on a leader", term)
 	}
-	if ci, _ := sample(before, "balancer_raft_commit_index"); ci < 1 {
+	if ci, _ := metricSample(before, "balancer_raft_commit_index"); ci < 1 {
 		t.Errorf("raft commit index %v after the seed committed", ci)
 	}
 
@@ -157,40 +157,40 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 	var after map[string]*dto.MetricFamily
 	eventually(t, 5*time.Second, "request counters to include every request", func() bool {
 		after = scrape(t, n)
-		v, _ := sample(after, "balancer_backend_requests_total", "backend", "a")
-		w, _ := sample(before, "balancer_backend_requests_total", "backend", "a")
+		v, _ := metricSample(after, "balancer_backend_requests_total", "backend", "a")
+		w, _ := metricSample(before, "balancer_backend_requests_total", "backend", "a")
 		return v-w == reqs
 	})
-	h0, _ := sample(before, "balancer_backend_request_duration_seconds", "backend", "a")
-	h1, _ := sample(after, "balancer_backend_request_duration_seconds", "backend", "a")
+	h0, _ := metricSample(before, "balancer_backend_request_duration_seconds", "backend", "a")
+	h1, _ := metricSample(after, "balancer_backend_request_duration_seconds", "backend", "a")
 	if h1-h0 != reqs {
 		t.Errorf("latency histogram count moved by %v, want %d", h1-h0, reqs)
 	}
-	if f, _ := sample(after, "balancer_backend_failures_total", "backend", "dead", "reason", "connect"); f < 1 {
+	if f, _ := metricSample(after, "balancer_backend_failures_total", "backend", "dead", "reason", "connect"); f < 1 {
 		t.Errorf("connect failures to the dead backend: %v, want at least one", f)
 	}
 	// Every try of the dead backend fails: its circuit opens, and the
 	// transition is counted.
 	eventually(t, 5*time.Second, "the dead backend's circuit opening, in the metrics", func() bool {
 		m := scrape(t, n)
-		opened, _ := sample(m, "balancer_circuit_transitions_total", "backend", "dead", "from", "closed", "to", "open")
+		opened, _ := metricSample(m, "balancer_circuit_transitions_total", "backend", "dead", "from", "closed", "to", "open")
 		return opened >= 1
 	})
-	if f, _ := sample(after, "balancer_backend_failures_total", "backend", "a", "reason", "status_5xx"); f != 0 {
+	if f, _ := metricSample(after, "balancer_backend_failures_total", "backend", "a", "reason", "status_5xx"); f != 0 {
 		t.Errorf("5xx failures of the healthy backend: %v", f)
 	}
 
 	// A config change moves the index and the change counter.
-	c0, _ := sample(after, "balancer_config_changes_total")
-	i0, _ := sample(after, "balancer_config_index")
+	c0, _ := metricSample(after, "balancer_config_changes_total")
+	i0, _ := metricSample(after, "balancer_config_index")
 	if _, err := n.Apply(t.Context(), consensus.SetWeight("a", 5)); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "the weight change in the metrics", func() bool {
 		m := scrape(t, n)
-		c1, _ := sample(m, "balancer_config_changes_total")
-		i1, _ := sample(m, "balancer_config_index")
-		w, _ := sample(m, "balancer_backend_weight", "backend", "a")
+		c1, _ := metricSample(m, "balancer_config_changes_total")
+		i1, _ := metricSample(m, "balancer_config_index")
+		w, _ := metricSample(m, "balancer_backend_weight", "backend", "a")
 		return c1 == c0+1 && i1 > i0 && w == 5
 	})
 }
