@@ -44,8 +44,8 @@ func scrape(t *testing.T, n *Node) map[string]*dto.MetricFamily {
 	return fams
 }
 
-// metricSample returns the value of the family's series with exactly these label
-// values (name=value pairs), and whether there is one.
+// metricSample returns the value of the family's first series whose labels
+// include these name, value pairs, and whether there is one.
 func metricSample(fams map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
 	f := fams[name]
 	if f == nil {

@@ -306,6 +306,7 @@ func TestProcStatusPageInBrowser(t *testing.T) {
 	waitFor("the refused change's error", 10*time.Second, func(s screen) bool {
 		return strings.Contains(s.Error, "401") && strings.Contains(s.Error, "token")
 	})
+	br.screenshot(filepath.Join(artifactsDir(t), "status-page-refused.png"))
 	if w := follower.config(t).Backends; weightOf(w, "a") != 3 {
 		t.Fatalf("a refused change moved a's weight to %d", weightOf(w, "a"))
 	}
