@@ -132,6 +132,10 @@ type state struct {
 type fsm struct {
 	cur atomic.Pointer[state]
 
+	// Counted for metrics only; never read by Apply.
+	changes  atomic.Uint64 // entries that changed the config since start
+	rejected atomic.Uint64 // entries that failed to decode or apply
+
 	mu     sync.Mutex      // guards subs and closed
 	subs   []chan struct{} // buffer 1, coalesced change signals
 	closed bool
@@ -199,13 +203,16 @@ func (f *fsm) Apply(l *raft.Log) any {
 	cur := f.config()
 	cmd, err := DecodeCommand(l.Data)
 	if err != nil {
+		f.rejected.Add(1)
 		return applyResult{Index: cur.Index, Err: err}
 	}
 	next, changed, err := cur.apply(cmd, l.Index)
 	if err != nil {
+		f.rejected.Add(1)
 		return applyResult{Index: cur.Index, Err: err}
 	}
 	if changed {
+		f.changes.Add(1)
 		f.publish(next)
 	}
 	return applyResult{Index: next.Index, Changed: changed}

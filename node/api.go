@@ -17,6 +17,7 @@ func (n *Node) adminSources() admin.Sources {
 		Config:  configView{n},
 		Members: membersView{n},
 		Writer:  n,
+		Status:  statusView{n},
 		Token:   n.cfg.AdminToken,
 		Ready:   n.ready,
 		Metrics: promhttpHandler(n.registry),
@@ -131,3 +132,23 @@ func (v configView) Config() admin.Config {
 }
 
 var _ admin.ConfigWriter = (*Node)(nil)
+
+type statusView struct{ n *Node }
+
+func (v statusView) NodeStatus() admin.NodeStatus {
+	n := v.n
+	rs := n.store.Stats()
+	out := admin.NodeStatus{
+		Raft: admin.RaftStatus{State: rs.State, Term: rs.Term, CommitIndex: rs.CommitIndex,
+			AppliedIndex: rs.AppliedIndex, LastContactMS: rs.LastContact.Milliseconds()},
+		Traffic: map[string]admin.Traffic{},
+	}
+	if rs.LastContact < 0 {
+		out.Raft.LastContactMS = -1
+	}
+	for id, t := range n.window.traffic(time.Now(), n.proxy.Stats()) {
+		out.Traffic[id] = admin.Traffic{Rate: t.Rate, ErrorRate: t.ErrRate, P99MS: float64(t.P99) / float64(time.Millisecond),
+			Requests: t.Requests, Failures: t.Failures}
+	}
+	return out
+}

@@ -8,25 +8,41 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/thebalancer/balancer/breaker"
+	"github.com/thebalancer/balancer/gossip"
 	"github.com/thebalancer/balancer/proxy"
 )
 
-// collector turns the proxy's and breakers' own counters into Prometheus
-// metrics at scrape time, so the request path never touches the metrics
-// library.
+// collector turns the proxy's, breakers', gossip's and raft's own counters
+// into Prometheus metrics at scrape time, so the request path never touches
+// the metrics library. Every metric is this node's view: sum over nodes in
+// PromQL for the cluster (except the cluster in-flight gauge, which already
+// is one node's estimate of the whole cluster).
 type collector struct {
 	n         *Node
 	requests  *prometheus.Desc
 	failures  *prometheus.Desc
 	latency   *prometheus.Desc
 	inflight  *prometheus.Desc
+	clusterIF *prometheus.Desc
+	weight    *prometheus.Desc
+	drain     *prometheus.Desc
 	breaker   *prometheus.Desc
+	trans     *prometheus.Desc
 	rejected  *prometheus.Desc
 	peerAge   *prometheus.Desc
 	peers     *prometheus.Desc
 	gossipMsg *prometheus.Desc
 	gossipB   *prometheus.Desc
 	gossipBad *prometheus.Desc
+	members   *prometheus.Desc
+	raftState *prometheus.Desc
+	raftTerm  *prometheus.Desc
+	raftCommt *prometheus.Desc
+	raftAppl  *prometheus.Desc
+	raftLast  *prometheus.Desc
+	cfgIndex  *prometheus.Desc
+	cfgChange *prometheus.Desc
+	cfgReject *prometheus.Desc
 	bucketsUp []float64
 }
 
@@ -34,31 +50,64 @@ func newCollector(n *Node) *collector {
 	labels := []string{"backend"}
 	return &collector{
 		n:         n,
-		requests:  prometheus.NewDesc("balancer_backend_requests_total", "Requests (or TCP connections) this node completed to the backend.", labels, nil),
-		failures:  prometheus.NewDesc("balancer_backend_failures_total", "Requests to the backend that failed: connect errors, timeouts, 5xx answers.", labels, nil),
+		requests:  prometheus.NewDesc("balancer_backend_requests_total", "Requests (or TCP connections) this node completed to the backend, failed ones included.", labels, nil),
+		failures:  prometheus.NewDesc("balancer_backend_failures_total", "Requests to the backend that failed, by reason: connect, timeout, transport, status_5xx, broken_body.", []string{"backend", "reason"}, nil),
 		latency:   prometheus.NewDesc("balancer_backend_request_duration_seconds", "Time from sending a request to the backend to the end of its response.", labels, nil),
 		inflight:  prometheus.NewDesc("balancer_backend_inflight", "Requests this node has in flight to the backend.", labels, nil),
+		clusterIF: prometheus.NewDesc("balancer_backend_cluster_inflight", "Requests in flight to the backend from the whole cluster, as this node sees it: its own count plus peers' latest reports.", labels, nil),
+		weight:    prometheus.NewDesc("balancer_backend_weight", "The backend's weight in the config this node applies.", labels, nil),
+		drain:     prometheus.NewDesc("balancer_backend_draining", "1 when the backend is drained (no new traffic) in the config this node applies.", labels, nil),
 		breaker:   prometheus.NewDesc("balancer_backend_circuit_state", "Circuit state of the backend on this node: 1 for the current state.", []string{"backend", "state"}, nil),
+		trans:     prometheus.NewDesc("balancer_circuit_transitions_total", "Circuit state changes on this node.", []string{"backend", "from", "to"}, nil),
 		rejected:  prometheus.NewDesc("balancer_rejected_total", "Requests answered 503 (or TCP connections closed) because no backend could take them.", nil, nil),
 		peerAge:   prometheus.NewDesc("balancer_gossip_peer_report_age_seconds", "Age of the oldest and newest live peer report in this node's view: how stale its cluster load is.", []string{"which"}, nil),
 		peers:     prometheus.NewDesc("balancer_gossip_peers", "Peers whose reports are in this node's view.", nil, nil),
 		gossipMsg: prometheus.NewDesc("balancer_gossip_messages_total", "Gossip report messages sent and received.", []string{"direction"}, nil),
 		gossipB:   prometheus.NewDesc("balancer_gossip_bytes_total", "Gossip report payload bytes sent and received.", []string{"direction"}, nil),
 		gossipBad: prometheus.NewDesc("balancer_gossip_dropped_total", "Gossip messages dropped: malformed, stale or rejected.", []string{"reason"}, nil),
+		members:   prometheus.NewDesc("balancer_members", "Cluster members this node knows, by gossip state.", []string{"state"}, nil),
+		raftState: prometheus.NewDesc("balancer_raft_state", "This node's raft role: 1 for the current one.", []string{"state"}, nil),
+		raftTerm:  prometheus.NewDesc("balancer_raft_term", "This node's current raft term.", nil, nil),
+		raftCommt: prometheus.NewDesc("balancer_raft_commit_index", "The highest raft log index this node knows to be committed.", nil, nil),
+		raftAppl:  prometheus.NewDesc("balancer_raft_applied_index", "The highest raft log index this node has applied.", nil, nil),
+		raftLast:  prometheus.NewDesc("balancer_raft_last_contact_seconds", "Time since this node last heard from the raft leader (0 on the leader; absent until first contact).", nil, nil),
+		cfgIndex:  prometheus.NewDesc("balancer_config_index", "Index of the replicated config this node applies (0: still on its static seed).", nil, nil),
+		cfgChange: prometheus.NewDesc("balancer_config_changes_total", "Committed config changes this node applied since it started.", nil, nil),
+		cfgReject: prometheus.NewDesc("balancer_config_rejected_total", "Committed entries this node could not apply (they changed nothing).", nil, nil),
 		bucketsUp: proxy.LatencyBuckets(),
 	}
 }
 
+// Describe lists every metric up front rather than through Collect, since
+// some (gossip's, raft's last contact) are absent from some scrapes.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	prometheus.DescribeByCollect(c, ch)
+	for _, d := range []*prometheus.Desc{c.requests, c.failures, c.latency, c.inflight, c.clusterIF, c.weight, c.drain,
+		c.breaker, c.trans, c.rejected, c.peerAge, c.peers, c.gossipMsg, c.gossipB, c.gossipBad, c.members,
+		c.raftState, c.raftTerm, c.raftCommt, c.raftAppl, c.raftLast, c.cfgIndex, c.cfgChange, c.cfgReject} {
+		ch <- d
+	}
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	states := c.n.breakers.States()
-	for _, s := range c.n.proxy.Stats() {
+	c.collectBackends(ch)
+	c.collectCluster(ch)
+}
+
+func (c *collector) collectBackends(ch chan<- prometheus.Metric) {
+	n := c.n
+	states := n.breakers.States()
+	load := loadView{n}.Load()
+	cluster := make(map[string]int64, len(load.Backends))
+	for _, b := range load.Backends {
+		cluster[b.ID] = b.Cluster
+	}
+	for _, s := range n.proxy.Stats() {
 		ch <- prometheus.MustNewConstMetric(c.requests, prometheus.CounterValue, float64(s.Requests), s.ID)
-		ch <- prometheus.MustNewConstMetric(c.failures, prometheus.CounterValue, float64(s.Failures), s.ID)
+		for _, r := range proxy.FailureReasons() {
+			ch <- prometheus.MustNewConstMetric(c.failures, prometheus.CounterValue, float64(s.FailuresBy[r]), s.ID, r.String())
+		}
 		ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(s.InFlight), s.ID)
+		ch <- prometheus.MustNewConstMetric(c.clusterIF, prometheus.GaugeValue, float64(cluster[s.ID]), s.ID)
 		buckets := make(map[float64]uint64, len(c.bucketsUp))
 		var cum uint64
 		for i, ub := range c.bucketsUp {
@@ -68,15 +117,47 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstHistogram(c.latency, s.Latency.Count(), s.Latency.Sum.Seconds(), buckets, s.ID)
 		cur := states[s.ID] // no circuit yet reads as Closed, the zero State
 		for _, st := range []breaker.State{breaker.Closed, breaker.Open, breaker.HalfOpen} {
-			v := 0.0
-			if st == cur {
-				v = 1
-			}
-			ch <- prometheus.MustNewConstMetric(c.breaker, prometheus.GaugeValue, v, s.ID, st.String())
+			ch <- prometheus.MustNewConstMetric(c.breaker, prometheus.GaugeValue, boolValue(st == cur), s.ID, st.String())
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(c.n.proxy.Rejected()))
-	if g := c.n.gossip; g != nil {
+	n.mu.Lock()
+	applied := append([]proxy.Backend(nil), n.backends...)
+	n.mu.Unlock()
+	for _, b := range applied {
+		ch <- prometheus.MustNewConstMetric(c.weight, prometheus.GaugeValue, float64(b.Weight), b.ID)
+		ch <- prometheus.MustNewConstMetric(c.drain, prometheus.GaugeValue, boolValue(b.Drain), b.ID)
+	}
+	n.transMu.Lock()
+	for k, v := range n.transitions {
+		ch <- prometheus.MustNewConstMetric(c.trans, prometheus.CounterValue, float64(v), k.backend, k.from.String(), k.to.String())
+	}
+	n.transMu.Unlock()
+	ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(n.proxy.Rejected()))
+}
+
+func (c *collector) collectCluster(ch chan<- prometheus.Metric) {
+	n := c.n
+	byState := map[string]int{gossip.StateAlive: 0, gossip.StateSuspect: 0, gossip.StateDead: 0, gossip.StateLeft: 0}
+	for _, m := range (membersView{n}).Members().Members {
+		byState[m.Status]++
+	}
+	for st, k := range byState {
+		ch <- prometheus.MustNewConstMetric(c.members, prometheus.GaugeValue, float64(k), st)
+	}
+	rs := n.store.Stats()
+	for _, st := range []string{"leader", "follower", "candidate", "shutdown"} {
+		ch <- prometheus.MustNewConstMetric(c.raftState, prometheus.GaugeValue, boolValue(rs.State == st), st)
+	}
+	ch <- prometheus.MustNewConstMetric(c.raftTerm, prometheus.GaugeValue, float64(rs.Term))
+	ch <- prometheus.MustNewConstMetric(c.raftCommt, prometheus.GaugeValue, float64(rs.CommitIndex))
+	ch <- prometheus.MustNewConstMetric(c.raftAppl, prometheus.GaugeValue, float64(rs.AppliedIndex))
+	if rs.LastContact >= 0 {
+		ch <- prometheus.MustNewConstMetric(c.raftLast, prometheus.GaugeValue, rs.LastContact.Seconds())
+	}
+	ch <- prometheus.MustNewConstMetric(c.cfgIndex, prometheus.GaugeValue, float64(n.store.AppliedIndex()))
+	ch <- prometheus.MustNewConstMetric(c.cfgChange, prometheus.CounterValue, float64(rs.ConfigChanges))
+	ch <- prometheus.MustNewConstMetric(c.cfgReject, prometheus.CounterValue, float64(rs.ConfigRejected))
+	if g := n.gossip; g != nil {
 		st := g.Stats()
 		ch <- prometheus.MustNewConstMetric(c.peerAge, prometheus.GaugeValue, st.OldestReportAge.Seconds(), "oldest")
 		ch <- prometheus.MustNewConstMetric(c.peerAge, prometheus.GaugeValue, st.NewestReportAge.Seconds(), "newest")
@@ -89,6 +170,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.gossipBad, prometheus.CounterValue, float64(st.StaleIgnored), "stale")
 		ch <- prometheus.MustNewConstMetric(c.gossipBad, prometheus.CounterValue, float64(st.Rejected), "rejected")
 	}
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func promhttpHandler(reg *prometheus.Registry) http.Handler {

@@ -192,6 +192,11 @@ type Node struct {
 
 	draining atomic.Bool
 
+	window *trafficWindow // recent rate and p99 per backend, for /v1/status
+
+	transMu     sync.Mutex               // guards transitions
+	transitions map[transitionKey]uint64 // circuit transitions since start, for metrics
+
 	mu       sync.Mutex           // guards the fields below
 	backends []proxy.Backend      // the applied config, sorted by ID
 	routes   *routeState          // what route computation remembers
@@ -219,7 +224,8 @@ func New(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: log, registry: cfg.Registry, routes: newRouteState(),
 		lastOK: make(map[string]time.Time), okCount: make(map[string]uint64),
-		latency: make(map[string]float64), latSeen: make(map[string]latencyMark)}
+		latency: make(map[string]float64), latSeen: make(map[string]latencyMark),
+		window: newTrafficWindow(500*time.Millisecond, 10*time.Second), transitions: make(map[transitionKey]uint64)}
 	if n.registry == nil {
 		n.registry = prometheus.NewRegistry()
 		registerRuntime(n.registry)
@@ -232,9 +238,6 @@ func New(cfg Config) (*Node, error) {
 	n.proxy, err = proxy.New(cfg.Proxy, func(id string) proxy.Circuit { return n.breakers.Circuit(id) }, log)
 	if err != nil {
 		return nil, err
-	}
-	if err := n.registry.Register(newCollector(n)); err != nil {
-		return nil, fmt.Errorf("register metrics: %w", err)
 	}
 	if n.traffic, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("-listen: %w", err)
@@ -263,6 +266,15 @@ func New(cfg Config) (*Node, error) {
 			n.close()
 			return nil, fmt.Errorf("-gossip: %w", err)
 		}
+	}
+	// Registered last: a scrape reads the store and gossip, so they must
+	// exist before a shared registry can call in.
+	if err := n.registry.Register(newCollector(n)); err != nil {
+		if n.gossip != nil {
+			n.gossip.Close()
+		}
+		n.close()
+		return nil, fmt.Errorf("register metrics: %w", err)
 	}
 	// Route on the last committed config at once (a restarted node has it
 	// from its snapshot); a fresh node routes on its -backend seed until
@@ -468,6 +480,12 @@ func (n *Node) refreshRoutes() {
 	n.proxy.SetRoutes(routes)
 }
 
+// transitionKey is one kind of circuit transition of one backend.
+type transitionKey struct {
+	backend  string
+	from, to breaker.State
+}
+
 // circuitChanged is the breaker's transition callback.
 func (n *Node) circuitChanged(backend string, from, to breaker.State) {
 	level := slog.LevelInfo
@@ -475,5 +493,8 @@ func (n *Node) circuitChanged(backend string, from, to breaker.State) {
 		level = slog.LevelWarn
 	}
 	n.log.Log(context.Background(), level, "circuit "+to.String(), "backend", backend, "from", from.String())
+	n.transMu.Lock()
+	n.transitions[transitionKey{backend, from, to}]++
+	n.transMu.Unlock()
 	n.refreshRoutes()
 }

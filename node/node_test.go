@@ -272,16 +272,37 @@ func TestAdminEndpoints(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
+	var e struct{ Error string }
 	resp, err = http.Get(base + "/")
 	if err != nil {
 		t.Fatal(err)
 	}
 	page, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(page), "balancer node n1") || strings.Contains(string(page), "http://") && strings.Contains(string(page), "<script src") {
-		t.Errorf("status page: %s", page)
+	// The page must load nothing from outside the node: operators' hosts
+	// often have no internet access.
+	if !strings.Contains(string(page), `<script src="/ui/app.js">`) || strings.Contains(string(page), "//cdn") ||
+		strings.Contains(string(page), `src="http`) || strings.Contains(string(page), `href="http`) {
+		t.Errorf("status page is not self-contained: %s", page)
 	}
-	var e struct{ Error string }
+	for _, asset := range []string{"/ui/app.js", "/ui/style.css"} {
+		resp, err := http.Get(base + asset)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("GET %s: %d", asset, resp.StatusCode)
+		}
+	}
+	var status admin.Status
+	if code := getJSON(t, base+"/v1/status", &status); code != 200 || status.Node != "n1" || status.Leader != "n1" ||
+		len(status.Backends) != 1 || status.Backends[0].Weight != 3 || status.Backends[0].Traffic["n1"].Requests != 1 {
+		t.Errorf("/v1/status: %d %+v", code, status)
+	}
+	if code := getJSON(t, base+"/v1/status?scope=everything", &e); code != 400 || !strings.Contains(e.Error, "scope") {
+		t.Errorf("/v1/status with a bad scope: %d %+v", code, e)
+	}
 	if code := getJSON(t, base+"/v1/nope", &e); code != 404 || e.Error == "" {
 		t.Errorf("unknown endpoint: %d %+v", code, e)
 	}

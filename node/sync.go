@@ -86,6 +86,7 @@ func (n *Node) syncLoop(ctx context.Context) {
 			stats := n.proxy.Stats()
 			states = n.publish(states[:0], stats)
 			n.noteStats(time.Now(), stats)
+			n.window.note(time.Now(), stats)
 			if n.gossip != nil {
 				// Peer reports age between updates; re-weigh them.
 				n.refreshRoutes()

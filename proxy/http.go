@@ -172,7 +172,7 @@ func (f *httpForwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 				return nil, err
 			}
 			u.circuit.Done(trial, false)
-			u.stats.observe(time.Since(start), true)
+			u.stats.observe(time.Since(start), failureOf(err))
 			if isDialError(err) && (body == nil || body.pristine()) {
 				skip.Add(i)
 				lastErr = err
@@ -230,7 +230,14 @@ func (b *countedBody) Close() error {
 	err := b.rc.Close()
 	if b.done.CompareAndSwap(false, true) {
 		b.u.inflight.Add(-1)
-		b.u.stats.observe(time.Since(b.start), b.failed || b.broken.Load())
+		f := NoFailure
+		switch {
+		case b.failed:
+			f = Status5xx
+		case b.broken.Load():
+			f = BrokenBody
+		}
+		b.u.stats.observe(time.Since(b.start), f)
 	}
 	return err
 }

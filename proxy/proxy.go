@@ -12,6 +12,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -343,8 +344,10 @@ type BackendStats struct {
 	Address  string
 	InFlight int64
 	Requests uint64 // completed requests (or TCP connections)
-	Failures uint64 // connect errors, timeouts, 5xx answers
-	Latency  HistogramSnapshot
+	Failures uint64 // connect errors, timeouts, 5xx answers: FailuresBy's total
+	// FailuresBy splits Failures by reason.
+	FailuresBy FailureCounts
+	Latency    HistogramSnapshot
 }
 
 // Stats returns the statistics of every configured backend, sorted by ID.
@@ -353,13 +356,15 @@ func (p *Proxy) Stats() []BackendStats {
 	t := p.tab.Load()
 	out := make([]BackendStats, 0, len(t.ups))
 	for _, u := range t.ups {
+		fails := u.stats.failureCounts()
 		out = append(out, BackendStats{
-			ID:       u.id,
-			Address:  u.addr,
-			InFlight: u.inflight.Load(),
-			Requests: u.stats.requests.Load(),
-			Failures: u.stats.failures.Load(),
-			Latency:  u.stats.latency.Snapshot(),
+			ID:         u.id,
+			Address:    u.addr,
+			InFlight:   u.inflight.Load(),
+			Requests:   u.stats.requests.Load(),
+			Failures:   fails.Total(),
+			FailuresBy: fails,
+			Latency:    u.stats.latency.Snapshot(),
 		})
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
@@ -385,4 +390,17 @@ func (p *Proxy) Rejected() uint64 { return p.rejected.Load() }
 func isDialError(err error) bool {
 	var op *net.OpError
 	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// failureOf names why a round trip to a backend failed. A dial that timed
+// out is a connect failure: the backend never saw the request.
+func failureOf(err error) Failure {
+	if isDialError(err) {
+		return Connect
+	}
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
+		return Timeout
+	}
+	return Transport
 }

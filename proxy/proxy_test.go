@@ -234,8 +234,8 @@ func TestHTTPRetriesConnectFailureOnAnotherBackend(t *testing.T) {
 		}
 	}
 	for _, s := range p.Stats() {
-		if s.ID == "dead" && s.Failures == 0 {
-			t.Errorf("the dead backend's connect failures were not counted")
+		if s.ID == "dead" && (s.Failures == 0 || s.FailuresBy[Connect] != s.Failures) {
+			t.Errorf("the dead backend's connect failures were not counted as such: %d, by reason %v", s.Failures, s.FailuresBy)
 		}
 	}
 	eventually(t, 2*time.Second, "in-flight back to 0", func() bool { return totalInFlight(p) == 0 })
@@ -298,6 +298,9 @@ func TestHTTPInFlightExactUnderAbortAndTimeout(t *testing.T) {
 		t.Fatalf("backend timeout: status %d, want 504", code)
 	}
 	eventually(t, 2*time.Second, "in-flight 0 after a backend timeout", func() bool { return totalInFlight(p) == 0 })
+	if s := p.Stats()[0]; s.FailuresBy[Timeout] != 1 || s.Failures != 1 {
+		t.Errorf("a backend timeout counted as %d failures, by reason %v; want one timeout", s.Failures, s.FailuresBy)
+	}
 
 	// Client aborts while the backend works: the slot is released too.
 	cfg.ResponseTimeout = 10 * time.Second
@@ -416,7 +419,7 @@ func TestHTTPCircuitSeesOutcomes(t *testing.T) {
 	circuits["refusing"].refuse.Store(true)
 	cfg := DefaultConfig()
 	cfg.Algorithm = pick.RoundRobin
-	_, url := startHTTP(t, cfg, []Route{route("ok", hostPort(fails.URL)), route("err", hostPort(errBackend.URL)), route("refusing", hostPort(fails.URL))},
+	p, url := startHTTP(t, cfg, []Route{route("ok", hostPort(fails.URL)), route("err", hostPort(errBackend.URL)), route("refusing", hostPort(fails.URL))},
 		func(id string) Circuit { return circuits[id] })
 	for i := 0; i < 30; i++ {
 		get(t, url)
@@ -426,6 +429,16 @@ func TestHTTPCircuitSeesOutcomes(t *testing.T) {
 	})
 	if circuits["ok"].failed.Load() != 0 || circuits["err"].ok.Load() != 0 {
 		t.Errorf("2xx must count as success and 5xx as failure")
+	}
+	eventually(t, 2*time.Second, "stats of every answer", func() bool { return totalInFlight(p) == 0 })
+	for _, s := range p.Stats() {
+		want := uint64(0)
+		if s.ID == "err" {
+			want = s.Requests
+		}
+		if s.FailuresBy[Status5xx] != want || s.Failures != want {
+			t.Errorf("%s: %d of %d requests counted as failures, by reason %v; want %d answered 5xx", s.ID, s.Failures, s.Requests, s.FailuresBy, want)
+		}
 	}
 	if n := circuits["refusing"].ok.Load() + circuits["refusing"].failed.Load(); n != 0 {
 		t.Errorf("a refusing circuit's backend got %d requests", n)

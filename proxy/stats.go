@@ -5,20 +5,79 @@ import (
 	"time"
 )
 
+// Failure says why a request to a backend failed. The zero value is a
+// success.
+type Failure uint8
+
+// Failure reasons, in the order of Failures' counts.
+const (
+	NoFailure  Failure = iota
+	Connect            // the backend could not be reached: nothing was sent
+	Timeout            // no answer (or no connect) within the backend timeout
+	Transport          // the connection broke before the answer's headers
+	Status5xx          // the backend answered 500 or above
+	BrokenBody         // the answer's body broke off mid-stream
+	numFailures
+)
+
+// String is the reason's metric label.
+func (f Failure) String() string {
+	switch f {
+	case NoFailure:
+		return "ok"
+	case Connect:
+		return "connect"
+	case Timeout:
+		return "timeout"
+	case Transport:
+		return "transport"
+	case Status5xx:
+		return "status_5xx"
+	case BrokenBody:
+		return "broken_body"
+	}
+	return "unknown"
+}
+
+// FailureReasons lists every failure reason (NoFailure excluded), in a stable order.
+func FailureReasons() []Failure {
+	return []Failure{Connect, Timeout, Transport, Status5xx, BrokenBody}
+}
+
 // Stats counts one backend's completed requests. Updated with atomics on the
 // request path; read by scrapes.
 type Stats struct {
 	requests atomic.Uint64
-	failures atomic.Uint64
+	failures [numFailures]atomic.Uint64 // by reason; [NoFailure] stays 0
 	latency  Histogram
 }
 
-func (s *Stats) observe(d time.Duration, failed bool) {
+func (s *Stats) observe(d time.Duration, f Failure) {
 	s.requests.Add(1)
-	if failed {
-		s.failures.Add(1)
+	if f != NoFailure {
+		s.failures[f].Add(1)
 	}
 	s.latency.Observe(d)
+}
+
+// FailureCounts are a backend's failures by reason, indexed by Failure.
+type FailureCounts [numFailures]uint64
+
+// Total is the number of failures of any reason.
+func (c FailureCounts) Total() uint64 {
+	var n uint64
+	for _, v := range c {
+		n += v
+	}
+	return n
+}
+
+func (s *Stats) failureCounts() FailureCounts {
+	var c FailureCounts
+	for i := range s.failures {
+		c[i] = s.failures[i].Load()
+	}
+	return c
 }
 
 // LatencyBuckets are the upper bounds, in seconds, of the latency histogram.
@@ -81,4 +140,46 @@ func (s HistogramSnapshot) Count() uint64 {
 		n += c
 	}
 	return n
+}
+
+// Sub returns the observations s has beyond an earlier snapshot of the same
+// histogram: the histogram of a time window. A count that went backwards
+// (a snapshot torn by concurrent observes) reads as 0.
+func (s HistogramSnapshot) Sub(earlier HistogramSnapshot) HistogramSnapshot {
+	var d HistogramSnapshot
+	for i := range s.Counts {
+		if s.Counts[i] > earlier.Counts[i] {
+			d.Counts[i] = s.Counts[i] - earlier.Counts[i]
+		}
+	}
+	d.Sum = max(s.Sum-earlier.Sum, 0)
+	return d
+}
+
+// Quantile estimates the q-quantile (0 < q < 1) the way Prometheus'
+// histogram_quantile does: find the bucket holding the rank and interpolate
+// linearly inside it. Past the last bound it answers that bound, the most
+// the buckets can tell. It returns 0 for an empty histogram.
+func (s HistogramSnapshot) Quantile(q float64) time.Duration {
+	total := s.Count()
+	if total == 0 {
+		return 0
+	}
+	rank := q * float64(total)
+	var cum uint64
+	for i, c := range s.Counts {
+		if i == numBuckets {
+			break
+		}
+		if c > 0 && float64(cum+c) >= rank {
+			lo := time.Duration(0)
+			if i > 0 {
+				lo = bucketBounds[i-1]
+			}
+			frac := (rank - float64(cum)) / float64(c)
+			return lo + time.Duration(frac*float64(bucketBounds[i]-lo))
+		}
+		cum += c
+	}
+	return bucketBounds[numBuckets-1]
 }

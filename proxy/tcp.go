@@ -147,7 +147,7 @@ func (f *tcpForwarder) serve(ctx context.Context, client net.Conn) {
 		if err != nil {
 			u.inflight.Add(-1)
 			u.circuit.Done(trial, false)
-			u.stats.observe(time.Since(start), true)
+			u.stats.observe(time.Since(start), failureOf(err))
 			skip.Add(i)
 			continue
 		}
@@ -161,7 +161,7 @@ func (f *tcpForwarder) serve(ctx context.Context, client net.Conn) {
 		}
 		backend.Close()
 		u.inflight.Add(-1)
-		u.stats.observe(time.Since(start), false)
+		u.stats.observe(time.Since(start), NoFailure)
 		return
 	}
 	p.rejected.Add(1)

@@ -28,6 +28,8 @@ const topUsage = `balancer: a peer-to-peer load-balancer cluster
 Usage:
   balancer agent [flags]          run a node (proxy + admin API)
   balancer demo-backend [flags]   run a synthetic backend for demos and tests
+  balancer status [-admin ...]    the cluster at a glance: members, leader, backends
+                                  with weights, breakers, in-flight, rate and p99
   balancer members [-admin ...]   list the cluster's members and their state
   balancer weights [-admin ...]   list the backends and weights a node applies
   balancer weights set ID WEIGHT [-admin ...]
@@ -69,6 +71,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runAgent(ctx, args[1:], stderr)
 	case "demo-backend":
 		return runDemoBackend(ctx, args[1:], stdout, stderr)
+	case "status":
+		return runStatus(ctx, args[1:], stdout, stderr)
 	case "members":
 		return runMembers(ctx, args[1:], stdout, stderr)
 	case "weights":

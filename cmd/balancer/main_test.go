@@ -34,6 +34,8 @@ func TestBadInputExitsWithStatus2(t *testing.T) {
 		{"bad log format", append(base, "-log-format", "xml"), "-log-format"},
 		{"unknown command", []string{"frobnicate"}, "unknown command"},
 		{"no command", nil, "no command"},
+		{"status with an argument", []string{"status", "extra"}, "unexpected argument"},
+		{"status unknown flag", []string{"status", "-watch"}, "flag provided but not defined"},
 		{"demo backend bad fail rate", []string{"demo-backend", "-fail-rate", "2"}, "-fail-rate"},
 	}
 	for _, tc := range cases {
@@ -61,6 +63,25 @@ func TestHelpExitsZeroAndExplainsFlags(t *testing.T) {
 		if !strings.Contains(errb.String(), flag) {
 			t.Errorf("agent -h does not mention %s", flag)
 		}
+	}
+}
+
+func TestStatusHelpAndTopUsage(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := exitCode(run(context.Background(), []string{"status", "-h"}, &out, &errb), &errb); code != 0 {
+		t.Fatalf("status -h exit %d", code)
+	}
+	for _, want := range []string{"-admin", "BALANCER_ADMIN", "-token", "-json", "p99"} {
+		if !strings.Contains(errb.String(), want) {
+			t.Errorf("status -h does not mention %s", want)
+		}
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"help"}, &out, &errb); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "balancer status") {
+		t.Errorf("the top usage does not list status:\n%s", out.String())
 	}
 }
 

@@ -155,6 +155,9 @@ type Sources struct {
 	Token string
 	// Ready returns nil when the node can serve traffic, or why not.
 	Ready func() error
+	// Status reports this node's raft state and recent traffic for
+	// /v1/status. Optional: nil leaves them out.
+	Status StatusView
 	// Metrics serves /metrics.
 	Metrics http.Handler
 	// Pprof exposes the Go profiler under /debug/pprof/ (off by default:
@@ -165,6 +168,8 @@ type Sources struct {
 // NewHandler returns the admin API handler. Besides the reads of SPEC.md:
 //
 //	GET    /v1/config?index=N&wait=10s  long-poll: answers once the index > N or after wait (default and max 5m)
+//	GET    /v1/status[?scope=node]      what the status page shows: members, raft, backends with per-node
+//	                                    in-flight, breakers, rate and p99 (scope=node: without asking peers)
 //	PUT    /v1/backends/{id}            {"address": "HOST:PORT", "weight": N, "drain": bool}; weight and drain optional
 //	DELETE /v1/backends/{id}
 //	PUT    /v1/backends/{id}/weight     {"weight": N}: sets and pins the weight against Consul syncs
@@ -187,6 +192,7 @@ func NewHandler(s Sources) http.Handler {
 		writeJSON(w, http.StatusOK, s.Members.Members())
 	})
 	mux.HandleFunc("GET /v1/config", a.getConfig)
+	mux.HandleFunc("GET /v1/status", a.getStatus)
 	mux.HandleFunc("PUT /v1/backends/{id}", a.write(upsertCommand))
 	mux.HandleFunc("DELETE /v1/backends/{id}", a.write(deleteCommand))
 	mux.HandleFunc("PUT /v1/backends/{id}/weight", a.write(setWeightCommand))
@@ -209,9 +215,9 @@ func NewHandler(s Sources) http.Handler {
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		renderStatus(w, s)
-	})
+	index, assets := uiHandler()
+	mux.Handle("GET /{$}", index)
+	mux.Handle("GET /ui/", assets)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})

@@ -113,6 +113,13 @@ func (c *Client) Load(ctx context.Context) (Load, error) {
 	return l, c.do(ctx, http.MethodGet, "/v1/load", nil, nil, 0, &l)
 }
 
+// Status fetches GET /v1/status: the cluster as the node at the client's
+// address sees it, with its peers' own raft state and traffic.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var st Status
+	return st, c.do(ctx, http.MethodGet, "/v1/status", nil, nil, 0, &st)
+}
+
 // Upsert creates or replaces a backend (PUT /v1/backends/{id}). A nil weight
 // keeps an existing backend's weight (a new one gets the default); a
 // non-nil one sets and pins it.

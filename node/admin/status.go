@@ -1,61 +1,293 @@
 package admin
 
 import (
-	"html/template"
+	"context"
+	"embed"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
 	"net/http"
+	"sort"
+	"sync"
+	"time"
 )
 
-// statusPage is self-contained (no external CSS or scripts) so that it works
-// on hosts without internet access.
-var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
-<html><head><meta charset="utf-8"><title>balancer {{.Node}}</title>
-<meta http-equiv="refresh" content="2">
-<style>
-body{font:14px system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}
-th{background:#f4f4f4}.open{color:#b00;font-weight:bold}.half-open{color:#b60}.closed{color:#080}
-.num{text-align:right;font-variant-numeric:tabular-nums}
-</style></head><body>
-<h1>balancer node {{.Node}}</h1>
-<p>Readiness: {{if .Ready}}<b class="closed">ready</b>{{else}}<b class="open">not ready: {{.NotReady}}</b>{{end}}
- &middot; config index {{.Config.Index}}</p>
-<table><tr><th>backend</th><th>address</th><th>weight</th><th>in flight (here)</th><th>in flight (cluster)</th><th>requests</th><th>failures</th><th>breaker</th></tr>
-{{range .Rows}}<tr><td>{{.ID}}</td><td>{{.Address}}</td><td class="num">{{.Weight}}{{if .Pinned}} (pinned){{end}}{{if .Drain}} (draining){{end}}</td>
-<td class="num">{{.Load.Local}}</td><td class="num">{{.Load.Cluster}}</td><td class="num">{{.Load.Requests}}</td><td class="num">{{.Load.Failures}}</td>
-<td>{{range $n, $s := .Load.Breaker}}<span class="{{$s}}">{{$n}}: {{$s}}</span> {{end}}</td></tr>
-{{end}}</table>
-<p>JSON: <a href="/v1/load">/v1/load</a> &middot; <a href="/v1/config">/v1/config</a> &middot; <a href="/metrics">/metrics</a></p>
-</body></html>
-`))
+// The status page is plain HTML, CSS and JavaScript embedded in the binary:
+// it must work on hosts without internet access, so it loads nothing from
+// anywhere but this node. The page polls GET /v1/status.
+//
+//go:embed ui
+var uiFiles embed.FS
 
-type statusRow struct {
-	Backend
-	Load BackendLoad
+// peerStatusTimeout bounds the fetch of each peer's own status when a node
+// assembles the cluster's: the page polls every second, and a dead peer
+// must not hold the answer up.
+const peerStatusTimeout = 500 * time.Millisecond
+
+// maxStatusAnswer bounds a peer's status answer read into memory.
+const maxStatusAnswer = 4 << 20
+
+// RaftStatus is one node's raft state.
+type RaftStatus struct {
+	State        string `json:"state"` // leader, follower, candidate, shutdown
+	Term         uint64 `json:"term"`
+	CommitIndex  uint64 `json:"commit_index"`
+	AppliedIndex uint64 `json:"applied_index"`
+	// LastContactMS is how long ago the node last heard from a leader: 0 on
+	// the leader, -1 when never.
+	LastContactMS int64 `json:"last_contact_ms"`
 }
 
-func renderStatus(w http.ResponseWriter, s Sources) {
+// Traffic is one backend's recent traffic through one node.
+type Traffic struct {
+	Rate      float64 `json:"rate"`       // completed requests per second, over the last few seconds
+	ErrorRate float64 `json:"error_rate"` // failed requests per second
+	P99MS     float64 `json:"p99_ms"`     // 0 when nothing completed lately
+	Requests  uint64  `json:"requests"`   // since the node started
+	Failures  uint64  `json:"failures"`
+}
+
+// NodeStatus is what only the node itself knows: its raft state and the
+// traffic it sent to each backend.
+type NodeStatus struct {
+	Raft    RaftStatus         `json:"raft"`
+	Traffic map[string]Traffic `json:"traffic"` // by backend ID
+}
+
+// StatusView reports this node's own status; the node implements it. It is
+// called from request goroutines, concurrently, and must not block long.
+type StatusView interface {
+	NodeStatus() NodeStatus
+}
+
+// Status is the answer of GET /v1/status: the cluster as the answering node
+// sees it, with each reachable peer's own raft state and traffic added.
+type Status struct {
+	Node        string `json:"node"` // the node that answered
+	Ready       bool   `json:"ready"`
+	NotReady    string `json:"not_ready,omitempty"`
+	Leader      string `json:"leader"` // "" when no leader is known
+	ConfigIndex uint64 `json:"config_index"`
+	// Nodes has one entry per member the answering node tried to reach
+	// (itself first): raft state from the node itself.
+	Nodes    []NodeReport    `json:"nodes"`
+	Members  []Member        `json:"members"`
+	Backends []BackendStatus `json:"backends"`
+}
+
+// NodeReport is one node's own report, or why it could not be had.
+type NodeReport struct {
+	Name  string      `json:"name"`
+	Error string      `json:"error,omitempty"` // the peer's status was not reachable
+	Raft  *RaftStatus `json:"raft,omitempty"`
+}
+
+// BackendStatus is one configured backend with its live state on every node.
+type BackendStatus struct {
+	Backend
+	// InFlight is the in-flight count per node: the answering node's live
+	// count and each peer's latest gossip report.
+	InFlight      map[string]int64 `json:"in_flight"`
+	InFlightTotal int64            `json:"in_flight_total"`
+	// Breaker is the circuit state per node: closed, open or half-open.
+	Breaker map[string]string `json:"breaker"`
+	// Traffic is the recent traffic per node that answered.
+	Traffic   map[string]Traffic `json:"traffic"`
+	Rate      float64            `json:"rate"`       // sum over Traffic
+	ErrorRate float64            `json:"error_rate"` // sum over Traffic
+	// P99MS is the worst node's p99: per-node quantiles cannot be merged
+	// exactly, and the worst is what an operator chases.
+	P99MS float64 `json:"p99_ms"`
+}
+
+// localStatus is the answering node's view alone, without its peers.
+func localStatus(s Sources) Status {
 	cfg := s.Config.Config()
 	load := s.Load.Load()
+	members := s.Members.Members()
+	var self NodeStatus
+	if s.Status != nil {
+		self = s.Status.NodeStatus()
+	}
+	st := Status{Node: s.Node, ConfigIndex: cfg.Index, Members: members.Members,
+		Nodes: []NodeReport{{Name: s.Node, Raft: &self.Raft}}, Backends: make([]BackendStatus, 0, len(cfg.Backends))}
+	if st.Members == nil {
+		st.Members = []Member{}
+	}
+	if err := s.Ready(); err != nil {
+		st.NotReady = err.Error()
+	} else {
+		st.Ready = true
+	}
+	for _, m := range members.Members {
+		if m.Leader {
+			st.Leader = m.Name
+		}
+	}
 	byID := make(map[string]BackendLoad, len(load.Backends))
 	for _, b := range load.Backends {
 		byID[b.ID] = b
 	}
-	rows := make([]statusRow, 0, len(cfg.Backends))
 	for _, b := range cfg.Backends {
-		rows = append(rows, statusRow{Backend: b, Load: byID[b.ID]})
+		l := byID[b.ID]
+		bs := BackendStatus{Backend: b, InFlight: map[string]int64{s.Node: l.Local}, InFlightTotal: l.Cluster,
+			Breaker: l.Breaker, Traffic: map[string]Traffic{}}
+		if bs.Breaker == nil {
+			bs.Breaker = map[string]string{}
+		}
+		for _, p := range l.Peers {
+			bs.InFlight[p.Node] = p.Count
+		}
+		if t, ok := self.Traffic[b.ID]; ok {
+			bs.Traffic[s.Node] = t
+		}
+		st.Backends = append(st.Backends, bs)
 	}
-	data := struct {
-		Node     string
-		Ready    bool
-		NotReady string
-		Config   Config
-		Rows     []statusRow
-	}{Node: s.Node, Config: cfg, Rows: rows}
-	if err := s.Ready(); err != nil {
-		data.NotReady = err.Error()
-	} else {
-		data.Ready = true
+	return st
+}
+
+// clusterStatus is localStatus plus each alive peer's own report, fetched
+// in parallel from its admin API (?scope=node).
+func (a *api) clusterStatus(ctx context.Context) Status {
+	st := localStatus(a.s)
+	type peer struct {
+		name, addr string
+		st         Status
+		err        error
 	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	_ = statusPage.Execute(w, data)
+	var peers []*peer
+	for _, m := range st.Members {
+		if m.Name == a.s.Node || m.Status == "dead" || m.Status == "left" {
+			continue
+		}
+		peers = append(peers, &peer{name: m.Name, addr: m.AdminAddr})
+	}
+	var wg sync.WaitGroup
+	for _, p := range peers {
+		if p.addr == "" {
+			p.err = fmt.Errorf("no admin address in its gossip metadata")
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.st, p.err = a.fetchStatus(ctx, p.addr)
+		}()
+	}
+	wg.Wait()
+	idx := make(map[string]int, len(st.Backends))
+	for i, b := range st.Backends {
+		idx[b.ID] = i
+	}
+	for _, p := range peers {
+		rep := NodeReport{Name: p.name}
+		if p.err != nil {
+			rep.Error = p.err.Error()
+			st.Nodes = append(st.Nodes, rep)
+			continue
+		}
+		for _, n := range p.st.Nodes {
+			if n.Name == p.st.Node {
+				rep.Raft = n.Raft
+			}
+		}
+		st.Nodes = append(st.Nodes, rep)
+		for _, b := range p.st.Backends {
+			i, ok := idx[b.ID]
+			if !ok {
+				continue // the peer applies a config this node has not seen yet
+			}
+			if t, ok := b.Traffic[p.st.Node]; ok {
+				st.Backends[i].Traffic[p.st.Node] = t
+			}
+		}
+	}
+	for i := range st.Backends {
+		b := &st.Backends[i]
+		for _, t := range b.Traffic {
+			b.Rate += t.Rate
+			b.ErrorRate += t.ErrorRate
+			b.P99MS = max(b.P99MS, t.P99MS)
+		}
+	}
+	return st
+}
+
+// fetchStatus reads a peer's own status (GET /v1/status?scope=node).
+func (a *api) fetchStatus(ctx context.Context, addr string) (Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, peerStatusTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/status?scope=node", nil)
+	if err != nil {
+		return Status{}, fmt.Errorf("admin address %q: %w", addr, err)
+	}
+	resp, err := a.fwd.Do(req)
+	if err != nil {
+		return Status{}, fmt.Errorf("status of %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return Status{}, fmt.Errorf("status of %s: %s", addr, resp.Status)
+	}
+	var st Status
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxStatusAnswer)).Decode(&st); err != nil {
+		return Status{}, fmt.Errorf("status of %s: %w", addr, err)
+	}
+	return st, nil
+}
+
+// getStatus answers GET /v1/status[?scope=node|cluster].
+func (a *api) getStatus(w http.ResponseWriter, r *http.Request) {
+	switch scope := r.URL.Query().Get("scope"); scope {
+	case "", "cluster":
+		writeJSON(w, http.StatusOK, a.clusterStatus(r.Context()))
+	case "node":
+		writeJSON(w, http.StatusOK, localStatus(a.s))
+	default:
+		writeErr(w, fmt.Errorf("%w: scope %q: want node or cluster", errBadRequest, scope), 0)
+	}
+}
+
+// uiHandler serves the embedded status page: index.html at / and its
+// assets under /ui/. no-cache makes a browser revalidate, so an upgraded
+// node's page is seen at once.
+func uiHandler() (index, assets http.Handler) {
+	sub, err := fs.Sub(uiFiles, "ui")
+	if err != nil {
+		panic(err) // the embed pattern guarantees the directory
+	}
+	files := http.FileServerFS(sub)
+	index = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-cache")
+		http.ServeFileFS(w, r, sub, "index.html")
+	})
+	assets = http.StripPrefix("/ui/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-cache")
+		files.ServeHTTP(w, r)
+	}))
+	return index, assets
+}
+
+// NodeNames lists the node names the status mentions, the answering node
+// first and the rest sorted: the column order of the page and the CLI.
+func (s Status) NodeNames() []string {
+	seen := map[string]bool{s.Node: true}
+	var rest []string
+	add := func(n string) {
+		if !seen[n] {
+			seen[n] = true
+			rest = append(rest, n)
+		}
+	}
+	for _, m := range s.Members {
+		add(m.Name)
+	}
+	for _, b := range s.Backends {
+		for n := range b.InFlight {
+			add(n)
+		}
+	}
+	sort.Strings(rest)
+	return append([]string{s.Node}, rest...)
 }

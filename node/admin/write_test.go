@@ -670,8 +670,11 @@ func callNoFatal(url string) answer {
 
 func TestStatusPageAndUnknownEndpoint(t *testing.T) {
 	srv := startServer(t, "n1", newFakeWriter(2), "")
-	if a := call(t, srv.URL, "GET", "/", "", nil); a.status != 200 || !strings.Contains(string(a.body), "config index 2") {
+	if a := call(t, srv.URL, "GET", "/", "", nil); a.status != 200 || !strings.Contains(string(a.body), `<script src="/ui/app.js">`) {
 		t.Errorf("status page: %d %s", a.status, a.body)
+	}
+	if a := call(t, srv.URL, "GET", "/v1/status", "", nil); a.status != 200 || !strings.Contains(string(a.body), `"config_index": 2`) {
+		t.Errorf("status: %d %s", a.status, a.body)
 	}
 	checkErrorAnswer(t, call(t, srv.URL, "POST", "/v1/backends/web1", `{}`, nil), http.StatusNotFound)
 }

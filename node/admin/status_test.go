@@ -1,0 +1,117 @@
+package admin
+
+import (
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+)
+
+// clusterFake is one node of a fake cluster: a fixed config and load, and a
+// member list that other fakes fill in once their addresses are known.
+type clusterFake struct {
+	name    string
+	traffic Traffic
+	mu      sync.Mutex // guards members
+	members []Member
+}
+
+func (f *clusterFake) Config() Config {
+	return Config{Index: 7, Backends: []Backend{{ID: "web", Address: "10.0.0.1:80", Weight: 4}}}
+}
+
+func (f *clusterFake) Load() Load {
+	return Load{Node: f.name, Backends: []BackendLoad{{ID: "web", Local: 2, Cluster: 5,
+		Peers: []PeerLoad{{Node: "other", Count: 3}}, Breaker: map[string]string{f.name: "closed", "other": "open"}}}}
+}
+
+func (f *clusterFake) Members() Members {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return Members{Members: append([]Member(nil), f.members...)}
+}
+
+func (f *clusterFake) NodeStatus() NodeStatus {
+	return NodeStatus{Raft: RaftStatus{State: "follower", Term: 3, CommitIndex: 9, AppliedIndex: 9},
+		Traffic: map[string]Traffic{"web": f.traffic}}
+}
+
+func startFake(t *testing.T, f *clusterFake) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(NewHandler(Sources{Node: f.name, Load: f, Config: f, Members: f, Status: f,
+		Ready: func() error { return nil }, Metrics: http.NotFoundHandler()}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func TestClusterStatusAddsPeersTraffic(t *testing.T) {
+	a := &clusterFake{name: "a", traffic: Traffic{Rate: 10, ErrorRate: 1, P99MS: 20, Requests: 100}}
+	b := &clusterFake{name: "b", traffic: Traffic{Rate: 5, P99MS: 80, Requests: 50}}
+	sa, sb := startFake(t, a), startFake(t, b)
+	// A member whose admin API is gone: its row must say so, not stall.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := ln.Addr().String()
+	ln.Close()
+	members := []Member{
+		{Name: "a", AdminAddr: sa.Listener.Addr().String(), Status: "alive", Leader: true},
+		{Name: "b", AdminAddr: sb.Listener.Addr().String(), Status: "alive"},
+		{Name: "c", AdminAddr: gone, Status: "alive"},
+		{Name: "d", AdminAddr: "", Status: "dead"},
+	}
+	a.members, b.members = members, members
+
+	var st Status
+	resp, err := http.Get(sa.URL + "/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Node != "a" || st.Leader != "a" || st.ConfigIndex != 7 || !st.Ready {
+		t.Errorf("header: %+v", st)
+	}
+	reports := map[string]NodeReport{}
+	for _, n := range st.Nodes {
+		reports[n.Name] = n
+	}
+	if len(st.Nodes) != 3 || reports["a"].Raft == nil || reports["b"].Raft == nil || reports["b"].Raft.Term != 3 {
+		t.Errorf("node reports %+v: want a and b with raft state, c unreachable, dead d not asked", st.Nodes)
+	}
+	if reports["c"].Error == "" || reports["c"].Raft != nil {
+		t.Errorf("unreachable member c: %+v", reports["c"])
+	}
+	if len(st.Backends) != 1 {
+		t.Fatalf("backends %+v", st.Backends)
+	}
+	web := st.Backends[0]
+	if web.Weight != 4 || web.InFlight["a"] != 2 || web.InFlight["other"] != 3 || web.InFlightTotal != 5 || web.Breaker["other"] != "open" {
+		t.Errorf("web's config and load: %+v", web)
+	}
+	if web.Traffic["a"].Rate != 10 || web.Traffic["b"].Rate != 5 || web.Rate != 15 || web.ErrorRate != 1 || web.P99MS != 80 {
+		t.Errorf("web's traffic: per node %+v, rate %v, errors %v, p99 %v; want 15/s, 1/s and b's 80ms", web.Traffic, web.Rate, web.ErrorRate, web.P99MS)
+	}
+	if got := st.NodeNames(); len(got) < 3 || got[0] != "a" || got[1] != "b" {
+		t.Errorf("node order %v: want the answering node first, then sorted", got)
+	}
+
+	// scope=node answers without asking anyone.
+	var own Status
+	r2, err := http.Get(sb.URL + "/v1/status?scope=node")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Body.Close()
+	if err := json.NewDecoder(r2.Body).Decode(&own); err != nil {
+		t.Fatal(err)
+	}
+	if len(own.Nodes) != 1 || len(own.Backends[0].Traffic) != 1 || own.Backends[0].Traffic["b"].Rate != 5 {
+		t.Errorf("scope=node: %+v", own)
+	}
+}
