@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -121,5 +122,30 @@ func TestParseBackend(t *testing.T) {
 	b, err = parseBackend("web-2=[::1]:80")
 	if err != nil || b.Weight != 1 || b.Address != "[::1]:80" {
 		t.Fatalf("default weight: %+v %v", b, err)
+	}
+}
+
+func TestCertsCommand(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "certs")
+	var out, errb bytes.Buffer
+	err := run(context.Background(), []string{"certs", "-out", dir, "-nodes", "n1,n2", "-hosts", "127.0.0.1"}, &out, &errb)
+	if err != nil {
+		t.Fatalf("certs: %v\n%s", err, errb.String())
+	}
+	for _, f := range []string{"ca.pem", "ca-key.pem", "n1.pem", "n1-key.pem", "n2.pem", "n2-key.pem", "client.pem", "client-key.pem"} {
+		if !strings.Contains(out.String(), filepath.Join(dir, f)) {
+			t.Errorf("output does not list %s:\n%s", f, out.String())
+		}
+	}
+	out.Reset()
+	errb.Reset()
+	err = run(context.Background(), []string{"certs", "-out", dir, "-nodes", "n3"}, &out, &errb)
+	if code := exitCode(err, &errb); code != 2 || !strings.Contains(errb.String(), "-force") {
+		t.Fatalf("second run over an existing CA: exit %d, stderr %q; want 2 and a hint at -force", code, errb.String())
+	}
+	errb.Reset()
+	err = run(context.Background(), []string{"certs", "-out", t.TempDir()}, &out, &errb)
+	if code := exitCode(err, &errb); code != 2 || !strings.Contains(errb.String(), "-nodes") {
+		t.Fatalf("no nodes: exit %d, stderr %q", code, errb.String())
 	}
 }
