@@ -57,6 +57,13 @@ type Config struct {
 	BootstrapExpect int
 	// AdminToken, when set, is required as a bearer token on admin writes.
 	AdminToken string
+	// TLS serves the admin API over HTTPS (-tls-cert, -tls-key) and with a
+	// CA requires client certificates from it (-tls-ca). Followers forward
+	// writes to an HTTPS leader with the same certificate, trusting the CA.
+	TLS TLSFiles
+	// RaftTLS runs raft over mutual TLS (-raft-tls-cert, -raft-tls-key,
+	// -raft-tls-ca): all three or none, the same on every node.
+	RaftTLS TLSFiles
 	// Consul seeds and syncs backends from Consul (-consul-service, -consul-kv).
 	Consul ConsulConfig
 	// Pprof serves the Go profiler on the admin listener.
@@ -133,10 +140,17 @@ func (c Config) Validate() error {
 	}
 	r := c.Raft
 	r.NodeID, r.DataDir = c.Name, c.DataDir
+	r.TLS = nil // checked as files by validateRaft; loaded in New
 	if err := r.Validate(); err != nil {
 		return err
 	}
 	if err := c.Consul.Validate(); err != nil {
+		return err
+	}
+	if err := c.TLS.validateAdmin(); err != nil {
+		return err
+	}
+	if err := c.RaftTLS.validateRaft(); err != nil {
 		return err
 	}
 	return c.Breaker.Validate()
@@ -180,6 +194,7 @@ type Node struct {
 
 	traffic net.Listener
 	adminLn net.Listener
+	tls     tlsSetup
 
 	gossip *gossip.Gossip // nil without -gossip
 	store  *consensus.Store
@@ -213,17 +228,20 @@ func New(cfg Config) (*Node, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("node", cfg.Name)
+	tlsCfg, err := loadTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("-data-dir: %w", err)
 	}
-	n := &Node{cfg: cfg, log: log, registry: cfg.Registry, routes: newRouteState(),
+	n := &Node{tls: tlsCfg, cfg: cfg, log: log, registry: cfg.Registry, routes: newRouteState(),
 		lastOK: make(map[string]time.Time), okCount: make(map[string]uint64),
 		latency: make(map[string]float64), latSeen: make(map[string]latencyMark)}
 	if n.registry == nil {
 		n.registry = prometheus.NewRegistry()
 		registerRuntime(n.registry)
 	}
-	var err error
 	n.breakers, err = breaker.NewSet(cfg.Name, cfg.Breaker, n.circuitChanged)
 	if err != nil {
 		return nil, err
@@ -244,6 +262,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	ro := cfg.Raft
 	ro.NodeID, ro.DataDir, ro.Logger = cfg.Name, cfg.DataDir, log.With("part", "raft")
+	ro.TLS = n.tls.raft
 	if n.store, err = consensus.Open(ro); err != nil {
 		n.traffic.Close()
 		n.adminLn.Close()
@@ -297,6 +316,15 @@ func (n *Node) Addr() string { return n.traffic.Addr().String() }
 // AdminAddr is the bound admin address.
 func (n *Node) AdminAddr() string { return n.adminLn.Addr().String() }
 
+// AdminURL is the admin API's base URL: https:// with -tls-cert. Peers
+// learn it by gossip, so a follower forwards writes with the right scheme.
+func (n *Node) AdminURL() string {
+	if n.tls.admin != nil {
+		return "https://" + n.AdminAddr()
+	}
+	return "http://" + n.AdminAddr()
+}
+
 // Name is the node's name.
 func (n *Node) Name() string { return n.cfg.Name }
 
@@ -340,6 +368,7 @@ func (n *Node) Run(ctx context.Context) error {
 		BaseContext:       func(net.Listener) context.Context { return adminBase },
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+		TLSConfig:         n.tls.admin,
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -362,7 +391,13 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	})
 	g.Go(func() error {
-		if err := adminSrv.Serve(n.adminLn); !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if n.tls.admin != nil {
+			err = adminSrv.ServeTLS(n.adminLn, "", "")
+		} else {
+			err = adminSrv.Serve(n.adminLn)
+		}
+		if !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("admin server: %w", err)
 		}
 		return nil

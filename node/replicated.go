@@ -160,8 +160,18 @@ func (n *Node) advertise() {
 	}
 }
 
+// adminAdvertised is the admin address peers and `balancer members` see:
+// HOST:PORT for plain HTTP, as before TLS existed, and the https:// URL with
+// TLS, so that followers forward with the right scheme.
+func (n *Node) adminAdvertised() string {
+	if n.tls.admin != nil {
+		return n.AdminURL()
+	}
+	return n.AdminAddr()
+}
+
 func (n *Node) meta() map[string]string {
-	m := map[string]string{metaAdmin: n.AdminAddr(), metaRaft: n.store.RaftAddr()}
+	m := map[string]string{metaAdmin: n.adminAdvertised(), metaRaft: n.store.RaftAddr()}
 	if n.cfg.BootstrapExpect > 0 {
 		m[metaExpect] = strconv.Itoa(n.cfg.BootstrapExpect)
 	}

@@ -2,33 +2,77 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/thebalancer/balancer/consensus"
 	"github.com/thebalancer/balancer/node/admin"
+	"github.com/thebalancer/balancer/pki"
 )
 
-// adminFlags are the flags every client command shares.
-func adminFlags(fs *flag.FlagSet) (addr, token *string) {
+// adminConn holds the flags every client command shares.
+type adminConn struct {
+	addr, token   string
+	ca, cert, key string
+}
+
+// adminFlags registers the connection flags every client command shares.
+func adminFlags(fs *flag.FlagSet) *adminConn {
 	def := os.Getenv("BALANCER_ADMIN")
 	if def == "" {
 		def = "127.0.0.1:9090"
 	}
-	addr = fs.String("admin", def, "admin API of any node, `HOST:PORT` (env BALANCER_ADMIN)")
-	token = fs.String("token", os.Getenv("BALANCER_ADMIN_TOKEN"), "admin bearer `token` (env BALANCER_ADMIN_TOKEN)")
-	return addr, token
+	c := &adminConn{}
+	fs.StringVar(&c.addr, "admin", def, "admin API of any node, `HOST:PORT` or URL; https://HOST:PORT for a node with -tls-cert (env BALANCER_ADMIN)")
+	fs.StringVar(&c.token, "token", os.Getenv("BALANCER_ADMIN_TOKEN"), "admin bearer `token` (env BALANCER_ADMIN_TOKEN)")
+	fs.StringVar(&c.ca, "ca", os.Getenv("BALANCER_ADMIN_CA"), "trust the node's certificate if this CA (`PEM file`) signed it, instead of the system's roots; implies https (env BALANCER_ADMIN_CA)")
+	fs.StringVar(&c.cert, "cert", os.Getenv("BALANCER_ADMIN_CERT"), "client certificate (`PEM file`) for a node with -tls-ca; implies https (env BALANCER_ADMIN_CERT)")
+	fs.StringVar(&c.key, "key", os.Getenv("BALANCER_ADMIN_KEY"), "private key (`PEM file`) of -cert (env BALANCER_ADMIN_KEY)")
+	return c
+}
+
+// client builds the admin client; a TLS file that cannot be used is a usage error.
+func (c *adminConn) client() (*admin.Client, error) {
+	if (c.cert == "") != (c.key == "") {
+		return nil, usagef("-cert and -key go together: a client certificate and its private key")
+	}
+	if c.ca == "" && c.cert == "" {
+		return admin.NewClient(c.addr, c.token), nil
+	}
+	if strings.HasPrefix(c.addr, "http://") {
+		return nil, usagef("-admin %s: -ca and -cert need an https:// admin address", c.addr)
+	}
+	var roots *x509.CertPool
+	if c.ca != "" {
+		p, err := pki.LoadPool(c.ca)
+		if err != nil {
+			return nil, usagef("-ca: %v", err)
+		}
+		roots = p
+	}
+	var cert *tls.Certificate
+	if c.cert != "" {
+		kp, err := pki.LoadKeyPair(c.cert, c.key)
+		if err != nil {
+			return nil, usagef("-cert/-key: %v", err)
+		}
+		cert = &kp
+	}
+	return admin.NewClient(c.addr, c.token, admin.WithTLS(pki.ClientConfig(roots, cert))), nil
 }
 
 func runMembers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("balancer members", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr, token := adminFlags(fs)
+	conn := adminFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "Usage: balancer members [-admin HOST:PORT]\n\nLists the cluster's members as the node at -admin sees them.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -36,7 +80,11 @@ func runMembers(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	m, err := admin.NewClient(*addr, *token).Members(ctx)
+	cl, err := conn.client()
+	if err != nil {
+		return err
+	}
+	m, err := cl.Members(ctx)
 	if err != nil {
 		return err
 	}
@@ -58,7 +106,7 @@ func runWeights(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	fs := flag.NewFlagSet("balancer weights", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr, token := adminFlags(fs)
+	conn := adminFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "Usage: balancer weights [-admin HOST:PORT]\n\nLists the backends and weights applied on the node at -admin.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -66,7 +114,11 @@ func runWeights(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	cfg, err := admin.NewClient(*addr, *token).Config(ctx)
+	cl, err := conn.client()
+	if err != nil {
+		return err
+	}
+	cfg, err := cl.Config(ctx)
 	if err != nil {
 		return err
 	}
@@ -86,7 +138,7 @@ func runWeights(ctx context.Context, args []string, stdout, stderr io.Writer) er
 func runWeightsSet(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("balancer weights set", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr, token := adminFlags(fs)
+	conn := adminFlags(fs)
 	wait := fs.Bool("wait", true, "wait until every node has applied the change")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: balancer weights set ID WEIGHT [-admin HOST:PORT]\n\nSets a backend's weight (0..%d; 0 = no new traffic) through any node; followers forward\nto the raft leader. The weight is pinned: Consul syncs keep it until\n`curl -X DELETE http://ADMIN/v1/backends/ID/weight` clears it.\n\nFlags:\n", consensus.MaxWeight)
@@ -119,7 +171,11 @@ func runWeightsSet(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if *wait {
 		opts = append(opts, admin.WaitApplied())
 	}
-	res, err := admin.NewClient(*addr, *token).SetWeight(ctx, pos[0], int32(w), opts...)
+	cl, err := conn.client()
+	if err != nil {
+		return err
+	}
+	res, err := cl.SetWeight(ctx, pos[0], int32(w), opts...)
 	if err != nil {
 		return err
 	}
