@@ -33,6 +33,8 @@ func TestBadInputExitsWithStatus2(t *testing.T) {
 		{"port in use", []string{"agent", "-node", "t", "-listen", busy.Addr().String(), "-admin", "127.0.0.1:0", "-data-dir", dir}, "address already in use"},
 		{"unknown flag", append(base, "-nope"), "flag provided but not defined"},
 		{"bad log format", append(base, "-log-format", "xml"), "-log-format"},
+		{"missing tls cert", append(base, "-tls-cert", "/nonexistent/n1.pem", "-tls-key", "/nonexistent/n1-key.pem"), "-tls-cert/-tls-key: open /nonexistent/n1.pem"},
+		{"raft tls without ca", append(base, "-raft-tls-cert", "n1.pem", "-raft-tls-key", "n1-key.pem"), "-raft-tls-ca"},
 		{"unknown command", []string{"frobnicate"}, "unknown command"},
 		{"no command", nil, "no command"},
 		{"demo backend bad fail rate", []string{"demo-backend", "-fail-rate", "2"}, "-fail-rate"},
