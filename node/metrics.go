@@ -22,6 +22,9 @@ type collector struct {
 	inflight  *prometheus.Desc
 	breaker   *prometheus.Desc
 	rejected  *prometheus.Desc
+	connsOpen *prometheus.Desc
+	connsMax  *prometheus.Desc
+	connsRef  *prometheus.Desc
 	peerAge   *prometheus.Desc
 	peers     *prometheus.Desc
 	gossipMsg *prometheus.Desc
@@ -40,6 +43,9 @@ func newCollector(n *Node) *collector {
 		inflight:  prometheus.NewDesc("balancer_backend_inflight", "Requests this node has in flight to the backend.", labels, nil),
 		breaker:   prometheus.NewDesc("balancer_backend_circuit_state", "Circuit state of the backend on this node: 1 for the current state.", []string{"backend", "state"}, nil),
 		rejected:  prometheus.NewDesc("balancer_rejected_total", "Requests answered 503 (or TCP connections closed) because no backend could take them.", nil, nil),
+		connsOpen: prometheus.NewDesc("balancer_client_connections", "Client connections open on the traffic listener.", nil, nil),
+		connsMax:  prometheus.NewDesc("balancer_client_connections_limit", "The traffic listener's connection limit (-max-conns; 0: none).", nil, nil),
+		connsRef:  prometheus.NewDesc("balancer_client_connections_refused_total", "Client connections refused at -max-conns: answered 503 and closed (http) or closed at once (tcp).", nil, nil),
 		peerAge:   prometheus.NewDesc("balancer_gossip_peer_report_age_seconds", "Age of the oldest and newest live peer report in this node's view: how stale its cluster load is.", []string{"which"}, nil),
 		peers:     prometheus.NewDesc("balancer_gossip_peers", "Peers whose reports are in this node's view.", nil, nil),
 		gossipMsg: prometheus.NewDesc("balancer_gossip_messages_total", "Gossip report messages sent and received.", []string{"direction"}, nil),
@@ -76,6 +82,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(c.n.proxy.Rejected()))
+	ch <- prometheus.MustNewConstMetric(c.connsOpen, prometheus.GaugeValue, float64(c.n.proxy.ConnsOpen()))
+	ch <- prometheus.MustNewConstMetric(c.connsMax, prometheus.GaugeValue, float64(c.n.cfg.Proxy.MaxConns))
+	ch <- prometheus.MustNewConstMetric(c.connsRef, prometheus.CounterValue, float64(c.n.proxy.ConnsRefused()))
 	if g := c.n.gossip; g != nil {
 		st := g.Stats()
 		ch <- prometheus.MustNewConstMetric(c.peerAge, prometheus.GaugeValue, st.OldestReportAge.Seconds(), "oldest")

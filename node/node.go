@@ -428,17 +428,22 @@ func (n *Node) serveTraffic(ctx context.Context) error {
 	// Readiness fails as soon as the stop begins, before the drain.
 	stop := context.AfterFunc(ctx, func() { n.draining.Store(true) })
 	defer stop()
+	ln := n.proxy.Limit(n.traffic)
 	if n.cfg.Proxy.Mode == proxy.ModeTCP {
-		return n.proxy.ServeTCP(ctx, n.traffic, n.cfg.ShutdownTimeout)
+		return n.proxy.ServeTCP(ctx, ln, n.cfg.ShutdownTimeout)
 	}
 	srv := &http.Server{
 		Handler:           n.proxy,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+		ReadHeaderTimeout: n.cfg.Proxy.HeaderTimeout,
+		IdleTimeout:       n.cfg.Proxy.KeepAliveTimeout,
+		// Bounds a client's header bytes as well as its time: 64 KiB is
+		// far above real requests and keeps 10,000 connections' worth of
+		// header buffers small.
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(n.traffic) }()
+	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("traffic server: %w", err)
