@@ -243,4 +243,3 @@ func grepLines(s, sub string) string {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
-
