@@ -23,9 +23,15 @@ import (
 // the limit — then stops it and checks that every goroutine it started
 // ends: the count returns to what it was before the node existed.
 func TestNodeStopLeavesNoGoroutines(t *testing.T) {
-	a := startBackend(t, "a", "http")
+	t.Run("http", func(t *testing.T) { testStopLeavesNoGoroutines(t, proxy.ModeHTTP) })
+	t.Run("tcp", func(t *testing.T) { testStopLeavesNoGoroutines(t, proxy.ModeTCP) })
+}
+
+func testStopLeavesNoGoroutines(t *testing.T, mode string) {
+	a := startBackend(t, "a", mode)
 	cfg := testConfig(t, proxy.Backend{ID: "a", Address: a.Addr(), Weight: 1})
-	cfg.Proxy.MaxConns = 30
+	cfg.Proxy.Mode = mode
+	cfg.Proxy.MaxConns = 20
 	cfg.ShutdownTimeout = 500 * time.Millisecond
 	g := gossip.DefaultConfig()
 	g.Bind = "127.0.0.1:0"
@@ -34,8 +40,13 @@ func TestNodeStopLeavesNoGoroutines(t *testing.T) {
 	cfg.BootstrapExpect = 1
 	// The backend serves before the baseline is taken, so its goroutines
 	// are in it.
-	if resp, _, err := rawGet(a.Addr()); err != nil || resp.StatusCode != 200 {
+	if c, err := net.DialTimeout("tcp", a.Addr(), 5*time.Second); err != nil {
 		t.Fatalf("backend: %v", err)
+	} else {
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		_, _ = io.Copy(io.Discard, c)
+		c.Close()
 	}
 	before, _ := ownGoroutines()
 
@@ -59,6 +70,10 @@ func TestNodeStopLeavesNoGoroutines(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for load.Err() == nil {
+				if mode == proxy.ModeTCP {
+					tcpSession(load, n.Addr(), i%4 == 0)
+					continue
+				}
 				if i%4 == 3 {
 					// Fresh connections: some land over the limit.
 					_, _, _ = rawGet(n.Addr())
@@ -81,7 +96,7 @@ func TestNodeStopLeavesNoGoroutines(t *testing.T) {
 	}
 	var slow []net.Conn
 	for range 5 {
-		slow = append(slow, slowClient(t, n.Addr()))
+		slow = append(slow, slowClient(t, n.Addr())) // in tcp mode: idle sessions
 	}
 	if _, _, err := rawGet(n.AdminAddr()); err != nil {
 		t.Fatalf("admin API: %v", err)
@@ -118,6 +133,24 @@ func TestNodeStopLeavesNoGoroutines(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Logf("goroutines: %d before the node, %d after it stopped (plus hystrix's 2 per circuit ever created: %d now in all)", before, after, runtime.NumGoroutine())
+}
+
+// tcpSession sends a line through the tcp proxy and reads the echo, or
+// with abandon hangs up without waiting.
+func tcpSession(ctx context.Context, addr string, abandon bool) {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "ping\n"); err != nil || abandon {
+		return
+	}
+	buf := make([]byte, 64)
+	_, _ = c.Read(buf)
 }
 
 // ownGoroutines counts the goroutines outside hystrix-go, and returns
