@@ -489,7 +489,7 @@ func (s *Store) AddVoter(ctx context.Context, id, addr string) error {
 		// certificate is from another CA, or lacks its address) would count
 		// towards quorum without ever voting: check before adding it.
 		if err := s.checkPeer(ctx, addr); err != nil {
-			return fmt.Errorf("add voter %s: not adding a server this node cannot reach over raft TLS: %w", id, err)
+			return fmt.Errorf("add voter %s: not adding a server this node cannot reach over raft TLS: %w: %w", id, ErrPeerTLS, err)
 		}
 	}
 	s.changeMu.Lock()

@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"crypto/tls"
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -55,7 +56,7 @@ func TestRaftOverMutualTLS(t *testing.T) {
 	o.TLS = foreign
 	x := openStore(t, o)
 	err := c.waitLeader().AddVoter(ctxTimeout(t, 5*time.Second), "x", x.RaftAddr())
-	if err == nil || !strings.Contains(err.Error(), "raft TLS") || !strings.Contains(err.Error(), "certificate") {
+	if !errors.Is(err, ErrPeerTLS) || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("adding a node with a foreign CA's certificate: %v; want a refusal naming the certificate", err)
 	}
 	srv, err := c.waitLeader().Servers()

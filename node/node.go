@@ -205,6 +205,9 @@ type Node struct {
 	metaMu   sync.Mutex        // guards lastMeta
 	lastMeta map[string]string // gossip metadata last advertised
 
+	refusedMu sync.Mutex        // guards refused
+	refused   map[string]string // member -> raft address refused for its TLS, logged once
+
 	draining atomic.Bool
 
 	mu       sync.Mutex           // guards the fields below

@@ -116,9 +116,9 @@ func TestTLSFileErrorsNameFlagAndFile(t *testing.T) {
 // cluster, a weight written to a follower is forwarded to the leader over
 // HTTPS and replicated, and a fourth node whose certificates come from
 // another CA gossips its way in but never becomes a raft voter, while the
-// cluster keeps committing writes.
+// cluster keeps committing writes and still adds a legitimate fifth node.
 func TestRaftMutualTLSCluster(t *testing.T) {
-	dir := testCerts(t, "n1", "n2", "n3")
+	dir := testCerts(t, "n1", "n2", "n3", "n5")
 	intruderDir := testCerts(t, "n4")
 	be := proxy.Backend{ID: "a", Address: "127.0.0.1:1", Weight: 1}
 	nodes := startClusterWith(t, 3, func(i int, c *Config) {
@@ -196,4 +196,23 @@ func TestRaftMutualTLSCluster(t *testing.T) {
 	if idx := intruder.store.AppliedIndex(); idx != 0 {
 		t.Fatalf("the intruder applied config index %d", idx)
 	}
+
+	// The refused member does not hold up a legitimate one that joins after it.
+	late := startClusterWith(t, 1, func(_ int, c *Config) {
+		c.Name = "n5"
+		c.TLS = filesOf(dir, "n5")
+		c.RaftTLS = filesOf(dir, "n5")
+		c.Gossip.Join = []string{nodes[0].GossipAddr()}
+	}, be)[0]
+	eventually(t, 20*time.Second, "n5 a raft voter with the cluster's config", func() bool {
+		if b, _ := late.store.Config().Backend("a"); b.Weight != 8 {
+			return false
+		}
+		for _, n := range nodes {
+			if voters(n) != 4 {
+				return false
+			}
+		}
+		return true
+	})
 }
