@@ -98,7 +98,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.Proxy.IdleTimeout, "idle-timeout", cfg.Proxy.IdleTimeout, "close a tcp-mode connection after this long with no bytes either way")
 	fs.DurationVar(&cfg.Proxy.HeaderTimeout, "header-timeout", cfg.Proxy.HeaderTimeout, "http mode: close a client connection whose request headers take longer than this to arrive")
 	fs.DurationVar(&cfg.Proxy.KeepAliveTimeout, "keepalive-timeout", cfg.Proxy.KeepAliveTimeout, "http mode: close a client's keep-alive connection after this long idle between requests")
-	fs.IntVar(&cfg.Proxy.MaxConns, "max-conns", cfg.Proxy.MaxConns, "most client `connections` open at once; more are refused (http: 503 with Connection: close; tcp: closed) and counted in balancer_client_connections_refused_total. 0: no limit. Default: 10000, less if the open-file limit is lower")
+	fs.IntVar(&cfg.Proxy.MaxConns, "max-conns", cfg.Proxy.MaxConns, "most client connections (`N`) open at once; more are refused (http: 503 with Connection: close; tcp: closed) and counted in balancer_client_connections_refused_total; 0: no limit. The default is 10000, or (open-file limit - 512)/2 when that is lower")
 	fs.IntVar(&cfg.Proxy.MaxTries, "max-tries", cfg.Proxy.MaxTries, fmt.Sprintf("backends one request may try when connects fail (1..%d)", pick.MaxTries))
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "on SIGINT/SIGTERM, how long in-flight requests may take to finish")
 	fs.IntVar(&cfg.Breaker.ErrorPercent, "breaker-error-percent", cfg.Breaker.ErrorPercent, "open a backend's circuit when this percentage of its requests fail (1..100)")

@@ -60,7 +60,8 @@ func TestHelpExitsZeroAndExplainsFlags(t *testing.T) {
 	if code := exitCode(err, &errb); code != 0 {
 		t.Fatalf("-h exit %d", code)
 	}
-	for _, flag := range []string{"-node", "-listen", "-mode", "-admin", "-backend", "-algorithm", "-data-dir", "least-conn-local"} {
+	for _, flag := range []string{"-node", "-listen", "-mode", "-admin", "-backend", "-algorithm", "-data-dir", "least-conn-local",
+		"-tls-cert", "-tls-ca", "-raft-tls-cert", "-raft-tls-ca", "-max-conns", "-header-timeout", "-keepalive-timeout"} {
 		if !strings.Contains(errb.String(), flag) {
 			t.Errorf("agent -h does not mention %s", flag)
 		}
