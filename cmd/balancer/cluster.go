@@ -8,6 +8,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -86,7 +88,7 @@ func runMembers(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	m, err := cl.Members(ctx)
 	if err != nil {
-		return err
+		return conn.explain(err)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tSTATUS\tGOSSIP\tADMIN\tRAFT\tAPPLIED")
@@ -120,7 +122,7 @@ func runWeights(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	cfg, err := cl.Config(ctx)
 	if err != nil {
-		return err
+		return conn.explain(err)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "config index %d\n", cfg.Index)
@@ -177,7 +179,7 @@ func runWeightsSet(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	res, err := cl.SetWeight(ctx, pos[0], int32(w), opts...)
 	if err != nil {
-		return err
+		return conn.explain(err)
 	}
 	fmt.Fprintf(stdout, "%s weight %d committed at config index %d by leader %s", pos[0], w, res.Index, res.Leader)
 	if *wait {
@@ -189,6 +191,38 @@ func runWeightsSet(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	fmt.Fprintln(stdout)
 	return nil
+}
+
+// explain adds what to do to the errors of a client and a node that
+// disagree about TLS, which otherwise read as a bare 400 or a TLS alert.
+func (c *adminConn) explain(err error) error {
+	var ae *admin.Error
+	answered := errors.As(err, &ae) // the node answered with a status
+	msg := err.Error()
+	https := strings.HasPrefix(c.addr, "https://") || c.ca != "" || c.cert != ""
+	switch {
+	case answered && ae.Status == http.StatusBadRequest && strings.Contains(ae.Message, "HTTPS"):
+		return fmt.Errorf("%w: the node's admin API speaks HTTPS (-tls-cert): use -admin https://HOST:PORT, with -ca and, if it demands one, -cert/-key", err)
+	case strings.Contains(msg, "certificate required"):
+		return fmt.Errorf("%w: the node requires a client certificate (-tls-ca): pass -cert and -key", err)
+	case strings.Contains(msg, "unknown authority"):
+		return fmt.Errorf("%w: pass the CA that signed the node's certificate with -ca", err)
+	case strings.Contains(msg, "server gave HTTP response to HTTPS client"):
+		return fmt.Errorf("%w: the node's admin API is plain HTTP: use -admin http://HOST:PORT without -ca/-cert", err)
+	case https && c.cert == "" && !answered && !isDialError(err):
+		// TLS 1.3 sends the node's refusal after the handshake, so the
+		// request often meets a closed connection (broken pipe, reset,
+		// http2's "could not be established") instead of the alert.
+		return fmt.Errorf("%w: the node may require a client certificate (-tls-ca): pass -cert and -key", err)
+	}
+	return err
+}
+
+// isDialError reports whether err happened before a connection existed
+// (refused, unreachable, DNS).
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }
 
 func dash(s string) string {

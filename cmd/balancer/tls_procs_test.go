@@ -85,8 +85,13 @@ func TestProcTLSClusterAndCLI(t *testing.T) {
 	// Without a client certificate the node refuses.
 	t.Setenv("BALANCER_ADMIN_CERT", "")
 	t.Setenv("BALANCER_ADMIN_KEY", "")
-	if err := run(context.Background(), []string{"weights"}, &out, &errb); err == nil {
-		t.Fatal("weights without a client certificate succeeded")
+	if err := run(context.Background(), []string{"weights"}, &out, &errb); err == nil || !strings.Contains(err.Error(), "client certificate") {
+		t.Fatalf("weights without a client certificate: %v; want a refusal that names the missing client certificate", err)
+	}
+	// Plain HTTP to an HTTPS node says what to do.
+	t.Setenv("BALANCER_ADMIN_CA", "")
+	if err := run(context.Background(), []string{"weights"}, &out, &errb); err == nil || !strings.Contains(err.Error(), "https://") {
+		t.Fatalf("weights over plain HTTP to an HTTPS node: %v; want a hint to use https://", err)
 	}
 	// A missing file is a usage error naming the flag and the file.
 	errb.Reset()

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // clientTimeout bounds one call of the Client, on top of the time the call
@@ -244,6 +245,11 @@ func (c *Client) do(ctx context.Context, method, path string, body any, hdr http
 		var eb errorBody
 		if json.Unmarshal(ans, &eb) == nil && eb.Error != "" {
 			e.Message, e.Index = eb.Error, eb.Index
+		} else if txt := strings.TrimSpace(string(ans)); txt != "" && len(txt) <= 200 && utf8.ValidString(txt) && !strings.ContainsAny(txt, "<>") {
+			// Not our JSON: a short plain-text answer (net/http's "Client
+			// sent an HTTP request to an HTTPS server", a proxy's note)
+			// says more than the status text.
+			e.Message = txt
 		}
 		return e
 	}
