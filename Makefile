@@ -4,7 +4,7 @@ BIN       := bin/balancer
 STATICCHECK_VERSION := v0.8.2
 PKGS      := ./...
 
-.PHONY: build run test lint tidy fuzz integ bench clean tools
+.PHONY: build run test lint tidy fuzz integ bench clean tools certs
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/balancer
@@ -12,6 +12,15 @@ build:
 # run: the main job — a local demo (see README).
 run: build
 	./scripts/run-local.sh
+
+# certs: a test CA, one certificate per node and one for the CLI (see the
+# README's TLS section). Refuses to replace an existing CA: rm -r $(CERTS_DIR)
+# or run bin/balancer certs -force.
+CERTS_DIR   ?= certs
+CERTS_NODES ?= n1,n2,n3
+CERTS_HOSTS ?= 127.0.0.1,localhost
+certs: build
+	./$(BIN) certs -out $(CERTS_DIR) -nodes $(CERTS_NODES) -hosts $(CERTS_HOSTS)
 
 test:
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)

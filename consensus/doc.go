@@ -1,7 +1,8 @@
 // Package consensus owns the replicated backend configuration: the backend
 // set, weights, drain flags and pins, the commands that change them, the raft
 // FSM that applies those commands, and the raft node (Store) that persists
-// them with raft-boltdb and replicates them over raft's TCP transport.
+// them with raft-boltdb and replicates them over raft's TCP transport, or
+// over mutual TLS 1.3 (stream.go) when Options.TLS is set.
 //
 // It imports raft, raft-boltdb/v2, go-hclog and the standard library only.
 // It must not import consul/api, memberlist or any other package of this

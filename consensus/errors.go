@@ -24,3 +24,8 @@ var (
 	ErrNoLeader       = errors.New("no raft leader (no quorum or election in progress)")
 	ErrClosed         = errors.New("consensus store closed")
 )
+
+// ErrPeerTLS is returned by AddVoter when the new server fails the raft
+// mutual TLS handshake (its certificate is from another CA, does not name
+// its address, or it speaks plain TCP): it is not added.
+var ErrPeerTLS = errors.New("peer failed the raft TLS handshake")

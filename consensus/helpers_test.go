@@ -96,10 +96,19 @@ type testCluster struct {
 // the node grows a cluster from gossip.
 func newCluster(t testing.TB, n int) *testCluster {
 	t.Helper()
+	return newClusterWith(t, n, nil)
+}
+
+// newClusterWith is newCluster with each store's options changed by edit.
+func newClusterWith(t testing.TB, n int, edit func(i int, o *Options)) *testCluster {
+	t.Helper()
 	logger := testLogger(t)
 	c := &testCluster{t: t}
 	for i := range n {
 		o := testOptions(t, fmt.Sprintf("n%d", i), t.TempDir(), logger)
+		if edit != nil {
+			edit(i, &o)
+		}
 		c.opts = append(c.opts, o)
 		c.stores = append(c.stores, openStore(t, o))
 	}

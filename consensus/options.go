@@ -1,6 +1,7 @@
 package consensus
 
 import (
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -29,6 +30,13 @@ type Options struct {
 	// DataDir holds raft.db (raft-boltdb: log and stable store), snapshots/
 	// and a LOCK file (-data-dir). It is created if missing.
 	DataDir string
+	// TLS, when set, runs raft over mutual TLS 1.3 (-raft-tls-cert,
+	// -raft-tls-key, -raft-tls-ca): Certificates is this node's identity,
+	// presented when it accepts and when it dials; ClientCAs verifies the
+	// peers that dial in and RootCAs the peers it dials, whose certificates
+	// must also name the host of their raft address. Every node of a
+	// cluster needs it, or none. nil: plain TCP.
+	TLS *tls.Config
 	// Logger receives raft's own log at Info and above (never its DEBUG
 	// output). nil means slog.Default().
 	Logger *slog.Logger
@@ -85,6 +93,11 @@ func (o Options) Validate() error {
 	}
 	if o.DataDir == "" {
 		return fmt.Errorf("-data-dir: required (raft log, stable store and snapshots live there)")
+	}
+	if o.TLS != nil {
+		if err := checkTLS(o.TLS); err != nil {
+			return err
+		}
 	}
 	if o.SnapshotRetain < 1 {
 		return fmt.Errorf("raft snapshot retain %d: want at least 1", o.SnapshotRetain)

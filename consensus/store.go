@@ -62,6 +62,7 @@ type Store struct {
 	snaps  raft.SnapshotStore
 	fsm    *fsm
 	unlock func() error // releases DataDir/LOCK
+	stream *tlsStream   // raft's mutual TLS layer; nil on plain TCP
 
 	obsCh   chan raft.Observation
 	obs     *raft.Observer
@@ -134,7 +135,7 @@ func Open(o Options) (*Store, error) {
 		return fail(fmt.Errorf("-data-dir: open snapshot store in %s: %w", o.DataDir, err))
 	}
 
-	trans, err := listen(o, hl.Named("net"))
+	trans, err := listen(o, hl.Named("net"), logger, &s.stream)
 	if err != nil {
 		return fail(err)
 	}
@@ -163,7 +164,8 @@ func Open(o Options) (*Store, error) {
 
 // listen binds the raft TCP transport. With port 0 it first tries the
 // address this data dir was bound to last time (see Options.Bind).
-func listen(o Options, logger hclog.Logger) (*raft.NetworkTransport, error) {
+// With Options.TLS it runs over mutual TLS and sets *stream.
+func listen(o Options, logger hclog.Logger, log *slog.Logger, stream **tlsStream) (*raft.NetworkTransport, error) {
 	var adv net.Addr
 	if o.Advertise != "" {
 		a, err := net.ResolveTCPAddr("tcp", o.Advertise)
@@ -173,9 +175,17 @@ func listen(o Options, logger hclog.Logger) (*raft.NetworkTransport, error) {
 		adv = a
 	}
 	bind := func(addr string) (*raft.NetworkTransport, error) {
-		return raft.NewTCPTransportWithConfig(addr, adv, &raft.NetworkTransportConfig{
-			MaxPool: 3, Timeout: 10 * time.Second, Logger: logger,
-		})
+		tc := &raft.NetworkTransportConfig{MaxPool: 3, Timeout: 10 * time.Second, Logger: logger}
+		if o.TLS == nil {
+			return raft.NewTCPTransportWithConfig(addr, adv, tc)
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		*stream = newTLSStream(ln, adv, o.TLS, log)
+		tc.Stream = *stream
+		return raft.NewNetworkTransportWithConfig(tc), nil
 	}
 	path := filepath.Join(o.DataDir, addrFile)
 	host, port, _ := net.SplitHostPort(o.Bind)
@@ -474,6 +484,14 @@ func (s *Store) AddVoter(ctx context.Context, id, addr string) error {
 	if _, err := splitHostPort("add voter "+id+": raft address", addr, false); err != nil {
 		return err
 	}
+	if s.stream != nil {
+		// A voter that cannot complete the mutual TLS handshake (its
+		// certificate is from another CA, or lacks its address) would count
+		// towards quorum without ever voting: check before adding it.
+		if err := s.checkPeer(ctx, addr); err != nil {
+			return fmt.Errorf("add voter %s: not adding a server this node cannot reach over raft TLS: %w: %w", id, ErrPeerTLS, err)
+		}
+	}
 	s.changeMu.Lock()
 	defer s.changeMu.Unlock()
 	if s.raft.State() != raft.Leader {
@@ -496,6 +514,19 @@ func (s *Store) AddVoter(ctx context.Context, id, addr string) error {
 		return fmt.Errorf("add voter %s: %w", id, s.mapErr(err))
 	}
 	return nil
+}
+
+// checkPeer completes a raft TLS handshake with addr and hangs up.
+func (s *Store) checkPeer(ctx context.Context, addr string) error {
+	timeout := 5 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(dl))
+	}
+	c, err := s.stream.Dial(raft.ServerAddress(addr), timeout)
+	if err != nil {
+		return err
+	}
+	return c.Close()
 }
 
 // RemoveServer removes a server from the raft configuration and waits until

@@ -22,6 +22,8 @@ func (n *Node) adminSources() admin.Sources {
 		Ready:   n.ready,
 		Metrics: promhttpHandler(n.registry),
 		Pprof:   n.cfg.Pprof,
+		// Forwarding to an HTTPS leader: trust and identity from -tls-*.
+		ForwardTLS: n.tls.forward,
 	}
 }
 
@@ -95,7 +97,7 @@ func (v membersView) Members() admin.Members {
 			}
 		}
 	}
-	self := admin.Member{Name: n.cfg.Name, GossipAddr: n.GossipAddr(), AdminAddr: n.AdminAddr(), Status: "alive",
+	self := admin.Member{Name: n.cfg.Name, GossipAddr: n.GossipAddr(), AdminAddr: n.adminAdvertised(), Status: "alive",
 		RaftRole: roles[n.cfg.Name], Leader: leader == n.cfg.Name, AppliedIndex: n.store.AppliedIndex()}
 	if n.gossip == nil {
 		return admin.Members{Members: []admin.Member{self}}

@@ -24,11 +24,16 @@ type testNode struct {
 // startCluster starts n gossiping nodes in this process; node i joins node 0.
 func startCluster(t *testing.T, n int, algorithm string, backends ...proxy.Backend) []*testNode {
 	t.Helper()
+	return startClusterWith(t, n, func(_ int, c *Config) { c.Proxy.Algorithm = algorithm }, backends...)
+}
+
+// startClusterWith is startCluster with each node's config changed by edit.
+func startClusterWith(t *testing.T, n int, edit func(i int, c *Config), backends ...proxy.Backend) []*testNode {
+	t.Helper()
 	var nodes []*testNode
 	for i := 0; i < n; i++ {
 		cfg := testConfig(t, backends...)
 		cfg.Name = fmt.Sprintf("n%d", i+1)
-		cfg.Proxy.Algorithm = algorithm
 		g := gossip.DefaultConfig()
 		g.Bind = "127.0.0.1:0"
 		g.Profile = gossip.ProfileLocal
@@ -43,6 +48,9 @@ func startCluster(t *testing.T, n int, algorithm string, backends ...proxy.Backe
 		}
 		cfg.Gossip = g
 		cfg.Routes.Tick = 10 * time.Millisecond
+		if edit != nil {
+			edit(i, &cfg)
+		}
 		nd, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)

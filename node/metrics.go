@@ -29,6 +29,9 @@ type collector struct {
 	breaker   *prometheus.Desc
 	trans     *prometheus.Desc
 	rejected  *prometheus.Desc
+	connsOpen *prometheus.Desc
+	connsMax  *prometheus.Desc
+	connsRef  *prometheus.Desc
 	peerAge   *prometheus.Desc
 	peers     *prometheus.Desc
 	gossipMsg *prometheus.Desc
@@ -60,6 +63,9 @@ func newCollector(n *Node) *collector {
 		breaker:   prometheus.NewDesc("balancer_backend_circuit_state", "Circuit state of the backend on this node: 1 for the current state.", []string{"backend", "state"}, nil),
 		trans:     prometheus.NewDesc("balancer_circuit_transitions_total", "Circuit state changes on this node.", []string{"backend", "from", "to"}, nil),
 		rejected:  prometheus.NewDesc("balancer_rejected_total", "Requests answered 503 (or TCP connections closed) because no backend could take them.", nil, nil),
+		connsOpen: prometheus.NewDesc("balancer_client_connections", "Client connections open on the traffic listener.", nil, nil),
+		connsMax:  prometheus.NewDesc("balancer_client_connections_limit", "The traffic listener's connection limit (-max-conns; 0: none).", nil, nil),
+		connsRef:  prometheus.NewDesc("balancer_client_connections_refused_total", "Client connections refused at -max-conns: answered 503 and closed (http) or closed at once (tcp).", nil, nil),
 		peerAge:   prometheus.NewDesc("balancer_gossip_peer_report_age_seconds", "Age of the oldest and newest live peer report in this node's view: how stale its cluster load is.", []string{"which"}, nil),
 		peers:     prometheus.NewDesc("balancer_gossip_peers", "Peers whose reports are in this node's view.", nil, nil),
 		gossipMsg: prometheus.NewDesc("balancer_gossip_messages_total", "Gossip report messages sent and received.", []string{"direction"}, nil),
@@ -133,6 +139,9 @@ func (c *collector) collectBackends(ch chan<- prometheus.Metric) {
 	}
 	n.transMu.Unlock()
 	ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(n.proxy.Rejected()))
+	ch <- prometheus.MustNewConstMetric(c.connsOpen, prometheus.GaugeValue, float64(n.proxy.ConnsOpen()))
+	ch <- prometheus.MustNewConstMetric(c.connsMax, prometheus.GaugeValue, float64(n.cfg.Proxy.MaxConns))
+	ch <- prometheus.MustNewConstMetric(c.connsRef, prometheus.CounterValue, float64(n.proxy.ConnsRefused()))
 }
 
 func (c *collector) collectCluster(ch chan<- prometheus.Metric) {

@@ -57,6 +57,13 @@ type Config struct {
 	BootstrapExpect int
 	// AdminToken, when set, is required as a bearer token on admin writes.
 	AdminToken string
+	// TLS serves the admin API over HTTPS (-tls-cert, -tls-key) and with a
+	// CA requires client certificates from it (-tls-ca). Followers forward
+	// writes to an HTTPS leader with the same certificate, trusting the CA.
+	TLS TLSFiles
+	// RaftTLS runs raft over mutual TLS (-raft-tls-cert, -raft-tls-key,
+	// -raft-tls-ca): all three or none, the same on every node.
+	RaftTLS TLSFiles
 	// Consul seeds and syncs backends from Consul (-consul-service, -consul-kv).
 	Consul ConsulConfig
 	// Pprof serves the Go profiler on the admin listener.
@@ -133,10 +140,17 @@ func (c Config) Validate() error {
 	}
 	r := c.Raft
 	r.NodeID, r.DataDir = c.Name, c.DataDir
+	r.TLS = nil // checked as files by validateRaft; loaded in New
 	if err := r.Validate(); err != nil {
 		return err
 	}
 	if err := c.Consul.Validate(); err != nil {
+		return err
+	}
+	if err := c.TLS.validateAdmin(); err != nil {
+		return err
+	}
+	if err := c.RaftTLS.validateRaft(); err != nil {
 		return err
 	}
 	return c.Breaker.Validate()
@@ -180,6 +194,7 @@ type Node struct {
 
 	traffic net.Listener
 	adminLn net.Listener
+	tls     tlsSetup
 
 	gossip *gossip.Gossip // nil without -gossip
 	store  *consensus.Store
@@ -189,6 +204,9 @@ type Node struct {
 
 	metaMu   sync.Mutex        // guards lastMeta
 	lastMeta map[string]string // gossip metadata last advertised
+
+	refusedMu sync.Mutex        // guards refused
+	refused   map[string]string // member -> raft address refused for its TLS, logged once
 
 	draining atomic.Bool
 
@@ -219,10 +237,14 @@ func New(cfg Config) (*Node, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("node", cfg.Name)
+	tlsCfg, err := loadTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("-data-dir: %w", err)
 	}
-	n := &Node{cfg: cfg, log: log, registry: cfg.Registry, routes: newRouteState(),
+	n := &Node{tls: tlsCfg, cfg: cfg, log: log, registry: cfg.Registry, routes: newRouteState(),
 		lastOK: make(map[string]time.Time), okCount: make(map[string]uint64),
 		latency: make(map[string]float64), latSeen: make(map[string]latencyMark),
 		window: newTrafficWindow(500*time.Millisecond, 10*time.Second), transitions: make(map[transitionKey]uint64)}
@@ -230,7 +252,6 @@ func New(cfg Config) (*Node, error) {
 		n.registry = prometheus.NewRegistry()
 		registerRuntime(n.registry)
 	}
-	var err error
 	n.breakers, err = breaker.NewSet(cfg.Name, cfg.Breaker, n.circuitChanged)
 	if err != nil {
 		return nil, err
@@ -248,6 +269,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	ro := cfg.Raft
 	ro.NodeID, ro.DataDir, ro.Logger = cfg.Name, cfg.DataDir, log.With("part", "raft")
+	ro.TLS = n.tls.raft
 	if n.store, err = consensus.Open(ro); err != nil {
 		n.traffic.Close()
 		n.adminLn.Close()
@@ -310,6 +332,15 @@ func (n *Node) Addr() string { return n.traffic.Addr().String() }
 // AdminAddr is the bound admin address.
 func (n *Node) AdminAddr() string { return n.adminLn.Addr().String() }
 
+// AdminURL is the admin API's base URL: https:// with -tls-cert. Peers
+// learn it by gossip, so a follower forwards writes with the right scheme.
+func (n *Node) AdminURL() string {
+	if n.tls.admin != nil {
+		return "https://" + n.AdminAddr()
+	}
+	return "http://" + n.AdminAddr()
+}
+
 // Name is the node's name.
 func (n *Node) Name() string { return n.cfg.Name }
 
@@ -353,6 +384,7 @@ func (n *Node) Run(ctx context.Context) error {
 		BaseContext:       func(net.Listener) context.Context { return adminBase },
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+		TLSConfig:         n.tls.admin,
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -375,7 +407,13 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	})
 	g.Go(func() error {
-		if err := adminSrv.Serve(n.adminLn); !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if n.tls.admin != nil {
+			err = adminSrv.ServeTLS(n.adminLn, "", "")
+		} else {
+			err = adminSrv.Serve(n.adminLn)
+		}
+		if !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("admin server: %w", err)
 		}
 		return nil
@@ -406,17 +444,22 @@ func (n *Node) serveTraffic(ctx context.Context) error {
 	// Readiness fails as soon as the stop begins, before the drain.
 	stop := context.AfterFunc(ctx, func() { n.draining.Store(true) })
 	defer stop()
+	ln := n.proxy.Limit(n.traffic)
 	if n.cfg.Proxy.Mode == proxy.ModeTCP {
-		return n.proxy.ServeTCP(ctx, n.traffic, n.cfg.ShutdownTimeout)
+		return n.proxy.ServeTCP(ctx, ln, n.cfg.ShutdownTimeout)
 	}
 	srv := &http.Server{
 		Handler:           n.proxy,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+		ReadHeaderTimeout: n.cfg.Proxy.HeaderTimeout,
+		IdleTimeout:       n.cfg.Proxy.KeepAliveTimeout,
+		// Bounds a client's header bytes as well as its time: 64 KiB is
+		// far above real requests and keeps 10,000 connections' worth of
+		// header buffers small.
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(n.traffic) }()
+	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("traffic server: %w", err)

@@ -2,7 +2,9 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strconv"
 	"sync"
@@ -160,8 +162,18 @@ func (n *Node) advertise() {
 	}
 }
 
+// adminAdvertised is the admin address peers and `balancer members` see:
+// HOST:PORT for plain HTTP, as before TLS existed, and the https:// URL with
+// TLS, so that followers forward with the right scheme.
+func (n *Node) adminAdvertised() string {
+	if n.tls.admin != nil {
+		return n.AdminURL()
+	}
+	return n.AdminAddr()
+}
+
 func (n *Node) meta() map[string]string {
-	m := map[string]string{metaAdmin: n.AdminAddr(), metaRaft: n.store.RaftAddr()}
+	m := map[string]string{metaAdmin: n.adminAdvertised(), metaRaft: n.store.RaftAddr()}
 	if n.cfg.BootstrapExpect > 0 {
 		m[metaExpect] = strconv.Itoa(n.cfg.BootstrapExpect)
 	}
@@ -329,7 +341,15 @@ func (n *Node) reconcileVoters(ctx context.Context) {
 		switch {
 		case m.Name == n.cfg.Name || addr == "":
 		case m.State == gossip.StateAlive && known[m.Name] != addr:
-			if err := n.store.AddVoter(cctx, m.Name, addr); err != nil {
+			err := n.store.AddVoter(cctx, m.Name, addr)
+			if errors.Is(err, consensus.ErrPeerTLS) {
+				// A member without a valid raft certificate must not hold
+				// up the members after it; say so once per address, not
+				// every reconcile.
+				n.refusedVoter(m.Name, addr, err)
+				continue
+			}
+			if err != nil {
 				n.log.Warn("add raft voter", "member", m.Name, "err", err)
 				return
 			}
@@ -342,6 +362,25 @@ func (n *Node) reconcileVoters(ctx context.Context) {
 			n.log.Info("removed raft server that left", "member", m.Name)
 		}
 	}
+}
+
+// refusedVoter logs a member refused as a raft voter for its TLS, at Warn
+// the first time for its address and at Debug on later reconciles.
+func (n *Node) refusedVoter(name, addr string, err error) {
+	n.refusedMu.Lock()
+	first := n.refused[name] != addr
+	if first {
+		if n.refused == nil {
+			n.refused = make(map[string]string)
+		}
+		n.refused[name] = addr
+	}
+	n.refusedMu.Unlock()
+	level := slog.LevelDebug
+	if first {
+		level = slog.LevelWarn
+	}
+	n.log.Log(context.Background(), level, "not adding raft voter: it failed the TLS handshake", "member", name, "raft", addr, "err", err)
 }
 
 // transferLeadership hands leadership over before this node stops, so the

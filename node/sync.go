@@ -76,13 +76,20 @@ func (n *Node) syncLoop(ctx context.Context) {
 		updates = n.gossip.Subscribe()
 	}
 	var states []gossip.BackendState
+	lastExpire := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-updates:
 			n.refreshRoutes()
-		case <-tick.C:
+		case now := <-tick.C:
+			if now.Sub(lastExpire) >= time.Second {
+				// Idle backend connections left by a load spike go back
+				// even when no request comes to find them stale.
+				n.proxy.ExpireIdle()
+				lastExpire = now
+			}
 			stats := n.proxy.Stats()
 			states = n.publish(states[:0], stats)
 			n.noteStats(time.Now(), stats)

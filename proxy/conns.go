@@ -40,7 +40,7 @@ type backendTransport struct {
 
 const (
 	// pooledIdleTimeout is http.Transport's IdleConnTimeout default.
-	pooledIdleTimeout = 90 * time.Second
+	pooledIdleTimeout = 90 * time.Second // Config.BackendIdleTimeout's default
 	// maxResponseHeaderBytes bounds a backend's response headers (each
 	// interim answer's too), so a faulty backend cannot make the proxy
 	// buffer without limit. http.Transport's default is 1 MiB as well.
@@ -78,25 +78,40 @@ func (p *connPool) take(maxAge time.Duration) *backendConn {
 	if n == 0 {
 		return nil
 	}
-	// The oldest connections sit at the front.
-	if time.Since(p.idle[0].idleAt) > maxAge {
-		cutoff := time.Now().Add(-maxAge)
-		k := 0
-		for k < n && p.idle[k].idleAt.Before(cutoff) {
-			p.idle[k].c.Close()
-			k++
-		}
-		copy(p.idle, p.idle[k:])
-		clear(p.idle[n-k:])
-		p.idle = p.idle[:n-k]
-		if n -= k; n == 0 {
-			return nil
-		}
+	if n = p.dropStaleLocked(maxAge); n == 0 {
+		return nil
 	}
 	bc := p.idle[n-1]
 	p.idle[n-1] = nil
 	p.idle = p.idle[:n-1]
 	return bc
+}
+
+// dropStaleLocked closes the connections idle for longer than maxAge and
+// returns how many are left. The caller holds mu.
+func (p *connPool) dropStaleLocked(maxAge time.Duration) int {
+	n := len(p.idle)
+	// The oldest connections sit at the front.
+	if n == 0 || time.Since(p.idle[0].idleAt) <= maxAge {
+		return n
+	}
+	cutoff := time.Now().Add(-maxAge)
+	k := 0
+	for k < n && p.idle[k].idleAt.Before(cutoff) {
+		p.idle[k].c.Close()
+		k++
+	}
+	copy(p.idle, p.idle[k:])
+	clear(p.idle[n-k:])
+	p.idle = p.idle[:n-k]
+	return n - k
+}
+
+// expire closes the connections idle for longer than maxAge.
+func (p *connPool) expire(maxAge time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dropStaleLocked(maxAge)
 }
 
 // put keeps bc for the next request, or closes it when the pool is full or

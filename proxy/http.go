@@ -36,7 +36,7 @@ func newHTTPForwarder(p *Proxy) *httpForwarder {
 		transport: &backendTransport{
 			dialer:          net.Dialer{Timeout: p.cfg.DialTimeout, KeepAlive: 30 * time.Second},
 			responseTimeout: p.cfg.ResponseTimeout,
-			idleTimeout:     pooledIdleTimeout,
+			idleTimeout:     p.cfg.BackendIdleTimeout,
 		},
 	}
 	f.rp = &httputil.ReverseProxy{
@@ -393,6 +393,24 @@ func (bp *bufferPool) Get() []byte {
 }
 
 func (bp *bufferPool) Put(b []byte) { bp.pool.Put(&b) }
+
+// ExpireIdle closes pooled backend connections that have sat idle for
+// longer than Config.BackendIdleTimeout. Requests drop stale ones as
+// they take from the pool, so without traffic only this gives a load
+// spike's descriptors back; the node calls it from its tick loop.
+func (p *Proxy) ExpireIdle() {
+	if p.http == nil {
+		return
+	}
+	maxAge := p.http.transport.idleTimeout
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, u := range p.ups {
+		if u.pool != nil {
+			u.pool.expire(maxAge)
+		}
+	}
+}
 
 // CloseIdle drops pooled backend connections; called on shutdown.
 func (p *Proxy) CloseIdle() {

@@ -97,19 +97,35 @@ type Config struct {
 	MaxTries int
 	// MaxIdlePerBackend is the keep-alive pool size per backend (HTTP).
 	MaxIdlePerBackend int
+	// BackendIdleTimeout closes a pooled backend connection unused for
+	// this long (HTTP; see ExpireIdle), giving back a spike's descriptors.
+	BackendIdleTimeout time.Duration
+	// MaxConns bounds the client connections open at once (see Limit);
+	// 0: no bound.
+	MaxConns int
+	// HeaderTimeout bounds reading a request's headers (HTTP), so a client
+	// that trickles them cannot hold a connection for long.
+	HeaderTimeout time.Duration
+	// KeepAliveTimeout closes an HTTP client connection that sits idle
+	// between requests for this long.
+	KeepAliveTimeout time.Duration
 }
 
 // DefaultConfig returns the settings a production node starts from.
 func DefaultConfig() Config {
 	return Config{
-		Mode:              ModeHTTP,
-		Algorithm:         pick.P2C,
-		DialTimeout:       2 * time.Second,
-		ResponseTimeout:   30 * time.Second,
-		ClientIdleTimeout: 60 * time.Second,
-		IdleTimeout:       5 * time.Minute,
-		MaxTries:          3,
-		MaxIdlePerBackend: 256,
+		Mode:               ModeHTTP,
+		Algorithm:          pick.P2C,
+		DialTimeout:        2 * time.Second,
+		ResponseTimeout:    30 * time.Second,
+		ClientIdleTimeout:  60 * time.Second,
+		IdleTimeout:        5 * time.Minute,
+		MaxTries:           3,
+		MaxIdlePerBackend:  256,
+		BackendIdleTimeout: pooledIdleTimeout,
+		MaxConns:           DefaultMaxConns(),
+		HeaderTimeout:      10 * time.Second,
+		KeepAliveTimeout:   2 * time.Minute,
 	}
 }
 
@@ -130,6 +146,14 @@ func (c Config) Validate() error {
 		return fmt.Errorf("-idle-timeout %v: must be positive", c.IdleTimeout)
 	case c.MaxTries < 1 || c.MaxTries > pick.MaxTries:
 		return fmt.Errorf("-max-tries %d: want 1..%d", c.MaxTries, pick.MaxTries)
+	case c.MaxConns < 0:
+		return fmt.Errorf("-max-conns %d: must not be negative (0: no limit)", c.MaxConns)
+	case c.HeaderTimeout <= 0:
+		return fmt.Errorf("-header-timeout %v: must be positive", c.HeaderTimeout)
+	case c.KeepAliveTimeout <= 0:
+		return fmt.Errorf("-keepalive-timeout %v: must be positive", c.KeepAliveTimeout)
+	case c.BackendIdleTimeout <= 0:
+		return fmt.Errorf("backend idle timeout %v: must be positive", c.BackendIdleTimeout)
 	case c.MaxIdlePerBackend < 0:
 		return fmt.Errorf("max idle connections per backend %d: must not be negative", c.MaxIdlePerBackend)
 	}
@@ -183,6 +207,9 @@ type Proxy struct {
 	state      pick.State
 	tab        atomic.Pointer[table]
 	rejected   atomic.Uint64 // requests answered 503 for want of a backend
+
+	connsOpen    atomic.Int64  // client connections open through Limit's listener
+	connsRefused atomic.Uint64 // client connections refused at MaxConns
 
 	mu  sync.Mutex           // guards ups; held only on the cold path
 	ups map[string]*upstream // by backend ID

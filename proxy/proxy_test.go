@@ -453,6 +453,10 @@ func TestProxyConfigValidate(t *testing.T) {
 		func(c *Config) { c.MaxTries = pick.MaxTries + 1 },
 		func(c *Config) { c.DialTimeout = 0 },
 		func(c *Config) { c.ClientIdleTimeout = 0 },
+		func(c *Config) { c.MaxConns = -1 },
+		func(c *Config) { c.HeaderTimeout = 0 },
+		func(c *Config) { c.KeepAliveTimeout = 0 },
+		func(c *Config) { c.BackendIdleTimeout = 0 },
 	}
 	for i, mod := range bad {
 		c := DefaultConfig()
@@ -468,6 +472,9 @@ func TestProxyConfigValidate(t *testing.T) {
 	}
 	if err := DefaultConfig().Validate(); err != nil {
 		t.Fatal(err)
+	}
+	if n := DefaultConfig().MaxConns; n < 64 || n > 10000 {
+		t.Errorf("default connection limit %d: want 64..10000", n)
 	}
 }
 

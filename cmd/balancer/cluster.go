@@ -2,33 +2,79 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/thebalancer/balancer/consensus"
 	"github.com/thebalancer/balancer/node/admin"
+	"github.com/thebalancer/balancer/pki"
 )
 
-// adminFlags are the flags every client command shares.
-func adminFlags(fs *flag.FlagSet) (addr, token *string) {
+// adminConn holds the flags every client command shares.
+type adminConn struct {
+	addr, token   string
+	ca, cert, key string
+}
+
+// adminFlags registers the connection flags every client command shares.
+func adminFlags(fs *flag.FlagSet) *adminConn {
 	def := os.Getenv("BALANCER_ADMIN")
 	if def == "" {
 		def = "127.0.0.1:9090"
 	}
-	addr = fs.String("admin", def, "admin API of any node, `HOST:PORT` (env BALANCER_ADMIN)")
-	token = fs.String("token", os.Getenv("BALANCER_ADMIN_TOKEN"), "admin bearer `token` (env BALANCER_ADMIN_TOKEN)")
-	return addr, token
+	c := &adminConn{}
+	fs.StringVar(&c.addr, "admin", def, "admin API of any node, `HOST:PORT` or URL; https://HOST:PORT for a node with -tls-cert (env BALANCER_ADMIN)")
+	fs.StringVar(&c.token, "token", os.Getenv("BALANCER_ADMIN_TOKEN"), "admin bearer `token` (env BALANCER_ADMIN_TOKEN)")
+	fs.StringVar(&c.ca, "ca", os.Getenv("BALANCER_ADMIN_CA"), "trust the node's certificate if this CA (`PEM file`) signed it, instead of the system's roots; implies https (env BALANCER_ADMIN_CA)")
+	fs.StringVar(&c.cert, "cert", os.Getenv("BALANCER_ADMIN_CERT"), "client certificate (`PEM file`) for a node with -tls-ca; implies https (env BALANCER_ADMIN_CERT)")
+	fs.StringVar(&c.key, "key", os.Getenv("BALANCER_ADMIN_KEY"), "private key (`PEM file`) of -cert (env BALANCER_ADMIN_KEY)")
+	return c
+}
+
+// client builds the admin client; a TLS file that cannot be used is a usage error.
+func (c *adminConn) client() (*admin.Client, error) {
+	if (c.cert == "") != (c.key == "") {
+		return nil, usagef("-cert and -key go together: a client certificate and its private key")
+	}
+	if c.ca == "" && c.cert == "" {
+		return admin.NewClient(c.addr, c.token), nil
+	}
+	if strings.HasPrefix(c.addr, "http://") {
+		return nil, usagef("-admin %s: -ca and -cert need an https:// admin address", c.addr)
+	}
+	var roots *x509.CertPool
+	if c.ca != "" {
+		p, err := pki.LoadPool(c.ca)
+		if err != nil {
+			return nil, usagef("-ca: %v", err)
+		}
+		roots = p
+	}
+	var cert *tls.Certificate
+	if c.cert != "" {
+		kp, err := pki.LoadKeyPair(c.cert, c.key)
+		if err != nil {
+			return nil, usagef("-cert/-key: %v", err)
+		}
+		cert = &kp
+	}
+	return admin.NewClient(c.addr, c.token, admin.WithTLS(pki.ClientConfig(roots, cert))), nil
 }
 
 func runMembers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("balancer members", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr, token := adminFlags(fs)
+	conn := adminFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "Usage: balancer members [-admin HOST:PORT]\n\nLists the cluster's members as the node at -admin sees them.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -36,9 +82,13 @@ func runMembers(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	m, err := admin.NewClient(*addr, *token).Members(ctx)
+	cl, err := conn.client()
 	if err != nil {
 		return err
+	}
+	m, err := cl.Members(ctx)
+	if err != nil {
+		return conn.explain(err)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tSTATUS\tGOSSIP\tADMIN\tRAFT\tAPPLIED")
@@ -58,7 +108,7 @@ func runWeights(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	fs := flag.NewFlagSet("balancer weights", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr, token := adminFlags(fs)
+	conn := adminFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "Usage: balancer weights [-admin HOST:PORT]\n\nLists the backends and weights applied on the node at -admin.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -66,9 +116,13 @@ func runWeights(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	cfg, err := admin.NewClient(*addr, *token).Config(ctx)
+	cl, err := conn.client()
 	if err != nil {
 		return err
+	}
+	cfg, err := cl.Config(ctx)
+	if err != nil {
+		return conn.explain(err)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "config index %d\n", cfg.Index)
@@ -86,7 +140,7 @@ func runWeights(ctx context.Context, args []string, stdout, stderr io.Writer) er
 func runWeightsSet(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("balancer weights set", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr, token := adminFlags(fs)
+	conn := adminFlags(fs)
 	wait := fs.Bool("wait", true, "wait until every node has applied the change")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: balancer weights set ID WEIGHT [-admin HOST:PORT]\n\nSets a backend's weight (0..%d; 0 = no new traffic) through any node; followers forward\nto the raft leader. The weight is pinned: Consul syncs keep it until\n`curl -X DELETE http://ADMIN/v1/backends/ID/weight` clears it.\n\nFlags:\n", consensus.MaxWeight)
@@ -119,9 +173,13 @@ func runWeightsSet(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if *wait {
 		opts = append(opts, admin.WaitApplied())
 	}
-	res, err := admin.NewClient(*addr, *token).SetWeight(ctx, pos[0], int32(w), opts...)
+	cl, err := conn.client()
 	if err != nil {
 		return err
+	}
+	res, err := cl.SetWeight(ctx, pos[0], int32(w), opts...)
+	if err != nil {
+		return conn.explain(err)
 	}
 	fmt.Fprintf(stdout, "%s weight %d committed at config index %d by leader %s", pos[0], w, res.Index, res.Leader)
 	if *wait {
@@ -133,6 +191,38 @@ func runWeightsSet(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	fmt.Fprintln(stdout)
 	return nil
+}
+
+// explain adds what to do to the errors of a client and a node that
+// disagree about TLS, which otherwise read as a bare 400 or a TLS alert.
+func (c *adminConn) explain(err error) error {
+	var ae *admin.Error
+	answered := errors.As(err, &ae) // the node answered with a status
+	msg := err.Error()
+	https := strings.HasPrefix(c.addr, "https://") || c.ca != "" || c.cert != ""
+	switch {
+	case answered && ae.Status == http.StatusBadRequest && strings.Contains(ae.Message, "HTTPS"):
+		return fmt.Errorf("%w: the node's admin API speaks HTTPS (-tls-cert): use -admin https://HOST:PORT, with -ca and, if it demands one, -cert/-key", err)
+	case strings.Contains(msg, "certificate required"):
+		return fmt.Errorf("%w: the node requires a client certificate (-tls-ca): pass -cert and -key", err)
+	case strings.Contains(msg, "unknown authority"):
+		return fmt.Errorf("%w: pass the CA that signed the node's certificate with -ca", err)
+	case strings.Contains(msg, "server gave HTTP response to HTTPS client"):
+		return fmt.Errorf("%w: the node's admin API is plain HTTP: use -admin http://HOST:PORT without -ca/-cert", err)
+	case https && c.cert == "" && !answered && !isDialError(err):
+		// TLS 1.3 sends the node's refusal after the handshake, so the
+		// request often meets a closed connection (broken pipe, reset,
+		// http2's "could not be established") instead of the alert.
+		return fmt.Errorf("%w: the node may require a client certificate (-tls-ca): pass -cert and -key", err)
+	}
+	return err
+}
+
+// isDialError reports whether err happened before a connection existed
+// (refused, unreachable, DNS).
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }
 
 func dash(s string) string {

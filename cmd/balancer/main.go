@@ -35,6 +35,7 @@ Usage:
   balancer weights set ID WEIGHT [-admin ...]
                                   change a weight through any node
   balancer bench [flags]          benchmark the algorithms on a local cluster
+  balancer certs -nodes N1,N2 ... create a test CA and node/client certificates
 
 Run 'balancer COMMAND -h' for the flags of a command.
 `
@@ -79,6 +80,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runWeights(ctx, args[1:], stdout, stderr)
 	case "bench":
 		return runBench(ctx, args[1:], stdout, stderr)
+	case "certs":
+		return runCerts(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, topUsage)
 		return nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -32,6 +33,8 @@ func TestBadInputExitsWithStatus2(t *testing.T) {
 		{"port in use", []string{"agent", "-node", "t", "-listen", busy.Addr().String(), "-admin", "127.0.0.1:0", "-data-dir", dir}, "address already in use"},
 		{"unknown flag", append(base, "-nope"), "flag provided but not defined"},
 		{"bad log format", append(base, "-log-format", "xml"), "-log-format"},
+		{"missing tls cert", append(base, "-tls-cert", "/nonexistent/n1.pem", "-tls-key", "/nonexistent/n1-key.pem"), "-tls-cert/-tls-key: open /nonexistent/n1.pem"},
+		{"raft tls without ca", append(base, "-raft-tls-cert", "n1.pem", "-raft-tls-key", "n1-key.pem"), "-raft-tls-ca"},
 		{"unknown command", []string{"frobnicate"}, "unknown command"},
 		{"no command", nil, "no command"},
 		{"status with an argument", []string{"status", "extra"}, "unexpected argument"},
@@ -59,7 +62,8 @@ func TestHelpExitsZeroAndExplainsFlags(t *testing.T) {
 	if code := exitCode(err, &errb); code != 0 {
 		t.Fatalf("-h exit %d", code)
 	}
-	for _, flag := range []string{"-node", "-listen", "-mode", "-admin", "-backend", "-algorithm", "-data-dir", "least-conn-local"} {
+	for _, flag := range []string{"-node", "-listen", "-mode", "-admin", "-backend", "-algorithm", "-data-dir", "least-conn-local",
+		"-tls-cert", "-tls-ca", "-raft-tls-cert", "-raft-tls-ca", "-max-conns", "-header-timeout", "-keepalive-timeout"} {
 		if !strings.Contains(errb.String(), flag) {
 			t.Errorf("agent -h does not mention %s", flag)
 		}
@@ -142,5 +146,30 @@ func TestParseBackend(t *testing.T) {
 	b, err = parseBackend("web-2=[::1]:80")
 	if err != nil || b.Weight != 1 || b.Address != "[::1]:80" {
 		t.Fatalf("default weight: %+v %v", b, err)
+	}
+}
+
+func TestCertsCommand(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "certs")
+	var out, errb bytes.Buffer
+	err := run(context.Background(), []string{"certs", "-out", dir, "-nodes", "n1,n2", "-hosts", "127.0.0.1"}, &out, &errb)
+	if err != nil {
+		t.Fatalf("certs: %v\n%s", err, errb.String())
+	}
+	for _, f := range []string{"ca.pem", "ca-key.pem", "n1.pem", "n1-key.pem", "n2.pem", "n2-key.pem", "client.pem", "client-key.pem"} {
+		if !strings.Contains(out.String(), filepath.Join(dir, f)) {
+			t.Errorf("output does not list %s:\n%s", f, out.String())
+		}
+	}
+	out.Reset()
+	errb.Reset()
+	err = run(context.Background(), []string{"certs", "-out", dir, "-nodes", "n3"}, &out, &errb)
+	if code := exitCode(err, &errb); code != 2 || !strings.Contains(errb.String(), "-force") {
+		t.Fatalf("second run over an existing CA: exit %d, stderr %q; want 2 and a hint at -force", code, errb.String())
+	}
+	errb.Reset()
+	err = run(context.Background(), []string{"certs", "-out", t.TempDir()}, &out, &errb)
+	if code := exitCode(err, &errb); code != 2 || !strings.Contains(errb.String(), "-nodes") {
+		t.Fatalf("no nodes: exit %d, stderr %q", code, errb.String())
 	}
 }

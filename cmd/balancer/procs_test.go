@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/thebalancer/balancer/node/admin"
+	"github.com/thebalancer/balancer/pki"
 )
 
 // These tests run the real binary as separate processes, so that a node
@@ -161,7 +162,26 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-func (a *agent) client() *admin.Client { return admin.NewClient(a.Admin, "") }
+// client talks to the agent's admin API. An agent started with -tls-ca
+// is reached over HTTPS with the client.pem that `balancer certs` wrote
+// next to the CA.
+func (a *agent) client() *admin.Client {
+	for i, arg := range a.args {
+		if arg == "-tls-ca" && i+1 < len(a.args) {
+			dir := filepath.Dir(a.args[i+1])
+			pool, err := pki.LoadPool(a.args[i+1])
+			if err != nil {
+				a.t.Fatal(err)
+			}
+			cert, err := pki.LoadKeyPair(filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem"))
+			if err != nil {
+				a.t.Fatal(err)
+			}
+			return admin.NewClient(a.Admin, "", admin.WithTLS(pki.ClientConfig(pool, &cert)))
+		}
+	}
+	return admin.NewClient(a.Admin, "")
+}
 
 func (a *agent) members(t testing.TB) []admin.Member {
 	m, err := a.client().Members(context.Background())

@@ -33,7 +33,7 @@ Flags:
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("balancer status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr, token := adminFlags(fs)
+	conn := adminFlags(fs)
 	asJSON := fs.Bool("json", false, "print the /v1/status answer as JSON")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), statusUsage)
@@ -42,9 +42,13 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	st, err := admin.NewClient(*addr, *token).Status(ctx)
+	cl, err := conn.client()
 	if err != nil {
 		return err
+	}
+	st, err := cl.Status(ctx)
+	if err != nil {
+		return conn.explain(err)
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)

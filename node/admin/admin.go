@@ -17,6 +17,7 @@ package admin
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/json"
 	"net/http"
 	"net/http/pprof"
@@ -163,6 +164,10 @@ type Sources struct {
 	// Pprof exposes the Go profiler under /debug/pprof/ (off by default:
 	// profiles reveal internals and cost CPU).
 	Pprof bool
+	// ForwardTLS is the client config a follower forwards writes with to a
+	// leader whose advertised admin address is an https:// URL. Optional:
+	// nil uses the system's roots and no client certificate.
+	ForwardTLS *tls.Config
 }
 
 // NewHandler returns the admin API handler. Besides the reads of SPEC.md:
@@ -180,7 +185,7 @@ type Sources struct {
 // with ?wait=applied[&timeout=10s]); If-Match: INDEX makes it conditional.
 // Config answers and write answers carry X-Config-Index.
 func NewHandler(s Sources) http.Handler {
-	a := &api{s: s, fwd: newForwardClient()}
+	a := &api{s: s, fwd: newForwardClient(s.ForwardTLS)}
 	if s.Token != "" {
 		a.tokenSum = sha256.Sum256([]byte(s.Token))
 	}

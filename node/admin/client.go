@@ -3,6 +3,7 @@ package admin
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // clientTimeout bounds one call of the Client, on top of the time the call
@@ -29,14 +31,39 @@ type Client struct {
 	http  *http.Client
 }
 
+// ClientOption changes how a Client connects.
+type ClientOption func(*clientOptions)
+
+type clientOptions struct{ tls *tls.Config }
+
+// WithTLS makes the client speak HTTPS with cfg: its RootCAs (nil: the
+// system's) verify the node, and its Certificates are shown to a node that
+// requires client certificates (-tls-ca). A HOST:PORT address then means
+// https://HOST:PORT.
+func WithTLS(cfg *tls.Config) ClientOption { return func(o *clientOptions) { o.tls = cfg } }
+
 // NewClient returns a client for the admin API at addr (HOST:PORT or a URL).
 // token, when not empty, is sent as "Authorization: Bearer TOKEN".
-func NewClient(addr, token string) *Client {
+func NewClient(addr, token string, opts ...ClientOption) *Client {
+	var o clientOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	base := addr
 	if !strings.Contains(base, "://") {
-		base = "http://" + base
+		if o.tls != nil {
+			base = "https://" + base
+		} else {
+			base = "http://" + base
+		}
 	}
-	return &Client{base: strings.TrimRight(base, "/"), token: token, http: &http.Client{}}
+	hc := &http.Client{}
+	if o.tls != nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = o.tls
+		hc.Transport = tr
+	}
+	return &Client{base: strings.TrimRight(base, "/"), token: token, http: hc}
 }
 
 // Error is an answer other than 200 from the admin API. Match it with
@@ -225,6 +252,11 @@ func (c *Client) do(ctx context.Context, method, path string, body any, hdr http
 		var eb errorBody
 		if json.Unmarshal(ans, &eb) == nil && eb.Error != "" {
 			e.Message, e.Index = eb.Error, eb.Index
+		} else if txt := strings.TrimSpace(string(ans)); txt != "" && len(txt) <= 200 && utf8.ValidString(txt) && !strings.ContainsAny(txt, "<>") {
+			// Not our JSON: a short plain-text answer (net/http's "Client
+			// sent an HTTP request to an HTTPS server", a proxy's note)
+			// says more than the status text.
+			e.Message = txt
 		}
 		return e
 	}

@@ -218,7 +218,7 @@ func (a *api) clusterStatus(ctx context.Context) Status {
 func (a *api) fetchStatus(ctx context.Context, addr string) (Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, peerStatusTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/status?scope=node", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, adminBase(addr)+"/v1/status?scope=node", nil)
 	if err != nil {
 		return Status{}, fmt.Errorf("admin address %q: %w", addr, err)
 	}

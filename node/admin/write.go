@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -58,10 +59,25 @@ type api struct {
 // newForwardClient returns the client a follower forwards writes with. It
 // never follows redirects: the leader's answer is relayed as it is. Each
 // forward is bounded by its request's context.
-func newForwardClient() *http.Client {
-	return &http.Client{
+func newForwardClient(tlsCfg *tls.Config) *http.Client {
+	c := &http.Client{
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
+	if tlsCfg != nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = tlsCfg
+		c.Transport = tr
+	}
+	return c
+}
+
+// adminBase turns an advertised admin address into a base URL: a bare
+// HOST:PORT is plain HTTP, and an HTTPS node advertises https://HOST:PORT.
+func adminBase(addr string) string {
+	if strings.Contains(addr, "://") {
+		return strings.TrimRight(addr, "/")
+	}
+	return "http://" + addr
 }
 
 // WriteResult is the answer of a successful write (PUT or DELETE under
@@ -237,7 +253,7 @@ func (a *api) forward(w http.ResponseWriter, r *http.Request, body []byte, opts 
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, r.Method, "http://"+addr+r.URL.RequestURI(), bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, r.Method, adminBase(addr)+r.URL.RequestURI(), bytes.NewReader(body))
 	if err != nil {
 		writeErr(w, fmt.Errorf("no leader: the leader %s has a bad admin address %q: %v: %w", name, addr, err, consensus.ErrNoLeader), 0)
 		return

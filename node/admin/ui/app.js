@@ -11,6 +11,12 @@ let lastOK = 0;            // when the last status arrived (ms)
 let drafts = {};           // backend id -> weight typed but not sent yet
 let writeError = "";       // the last failed change, shown until the next change succeeds
 
+// adminURL links to a member's status page: a TLS node advertises
+// https://HOST:PORT, a plain one HOST:PORT (served with this page's scheme).
+function adminURL(addr) {
+  return (addr.includes("://") ? addr : location.protocol + "//" + addr) + "/";
+}
+
 // el builds an element; children may be strings (set as text, never HTML).
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -80,7 +86,7 @@ function renderMembers(st) {
       td("raft commit", "num", r ? r.commit_index : "–"),
       td("config applied", "num config-applied", m.applied_index),
       td("leader contact", "num", r ? fmtContact(r.last_contact_ms) : "–"),
-      td("admin address", "", m.admin_addr ? el("a", { href: location.protocol + "//" + m.admin_addr + "/" }, m.admin_addr) : "–"),
+      td("admin address", "", m.admin_addr ? el("a", { href: adminURL(m.admin_addr) }, m.admin_addr) : "–"),
       td("gossip address", "", m.gossip_addr || "–"));
   });
   $("members").tBodies[0].replaceChildren(...rows);

@@ -1,0 +1,182 @@
+package consensus
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+const (
+	// handshakeTimeout bounds a raft TLS handshake on either side, so a
+	// peer that connects and says nothing holds no goroutine for long.
+	handshakeTimeout = 10 * time.Second
+	// maxHandshakes bounds the accepted connections in handshake at once:
+	// a flood of connects queues in the kernel instead of growing goroutines.
+	maxHandshakes = 64
+)
+
+// tlsStream is a raft.StreamLayer over mutual TLS 1.3: both sides present
+// a certificate and verify the other's against the cluster's CA, so a node
+// without a certificate from that CA can neither send raft RPCs to the
+// cluster nor receive them.
+//
+// Accepted connections finish their handshake here, in their own
+// goroutines, before raft sees them: a slow or refused peer neither stalls
+// raft's single accept loop nor shows up in raft's log as a garbled RPC;
+// it is logged once, here, with the reason.
+type tlsStream struct {
+	ln     net.Listener
+	adv    net.Addr // nil: the bound address
+	server *tls.Config
+	client *tls.Config
+	log    *slog.Logger
+
+	conns  chan net.Conn // handshaken connections for Accept
+	ctx    context.Context
+	cancel context.CancelFunc // on Close: ends the accept loop and handshakes
+	sem    chan struct{}      // one slot per handshake in progress
+	wg     sync.WaitGroup     // the accept loop and the handshakes
+}
+
+var _ raft.StreamLayer = (*tlsStream)(nil)
+
+// newTLSStream takes over ln. cfg holds this node's certificate, the CA
+// pool peers are verified against (RootCAs and ClientCAs alike) and is not
+// modified.
+func newTLSStream(ln net.Listener, adv net.Addr, cfg *tls.Config, log *slog.Logger) *tlsStream {
+	server := cfg.Clone()
+	server.ClientAuth = tls.RequireAndVerifyClientCert
+	server.MinVersion = tls.VersionTLS13
+	client := cfg.Clone()
+	client.MinVersion = tls.VersionTLS13
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &tlsStream{ln: ln, adv: adv, server: server, client: client, log: log,
+		conns: make(chan net.Conn), ctx: ctx, cancel: cancel, sem: make(chan struct{}, maxHandshakes)}
+	s.wg.Add(1)
+	go s.acceptLoop()
+	return s
+}
+
+func (s *tlsStream) acceptLoop() {
+	defer s.wg.Done()
+	var backoff time.Duration
+	for {
+		select {
+		case s.sem <- struct{}{}:
+		case <-s.ctx.Done():
+			return
+		}
+		c, err := s.ln.Accept()
+		if err != nil {
+			<-s.sem
+			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors, say: back off as http.Server does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("raft tls accept failed; retrying", "err", err, "in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-s.ctx.Done():
+				return
+			}
+			continue
+		}
+		backoff = 0
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-s.sem }()
+			s.handshake(c)
+		}()
+	}
+}
+
+// handshake completes the server side of one connection and hands it to
+// Accept, or closes it.
+func (s *tlsStream) handshake(c net.Conn) {
+	tc := tls.Server(c, s.server)
+	ctx, cancel := context.WithTimeout(s.ctx, handshakeTimeout)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		tc.Close()
+		if s.ctx.Err() == nil {
+			s.log.Warn("raft: refused a peer without a valid certificate", "remote", c.RemoteAddr().String(), "err", err)
+		}
+		return
+	}
+	select {
+	case s.conns <- tc:
+	case <-s.ctx.Done():
+		tc.Close()
+	}
+}
+
+// Accept returns the next connection whose handshake succeeded. raft calls
+// it from its one listening goroutine.
+func (s *tlsStream) Accept() (net.Conn, error) {
+	select {
+	case c := <-s.conns:
+		return c, nil
+	case <-s.ctx.Done():
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops accepting and waits for handshakes in progress to end. raft
+// calls it once when the transport shuts down.
+func (s *tlsStream) Close() error {
+	s.cancel()
+	err := s.ln.Close()
+	s.wg.Wait()
+	return err
+}
+
+// Addr is the address peers dial: the advertise address when one is set.
+func (s *tlsStream) Addr() net.Addr {
+	if s.adv != nil {
+		return s.adv
+	}
+	return s.ln.Addr()
+}
+
+// Dial connects to a peer and completes the handshake within timeout,
+// verifying the peer's certificate against the CA and the dialled host.
+func (s *tlsStream) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	host, _, err := net.SplitHostPort(string(address))
+	if err != nil {
+		return nil, fmt.Errorf("raft tls dial %s: %w", address, err)
+	}
+	cfg := s.client
+	if cfg.ServerName == "" {
+		cfg = cfg.Clone()
+		cfg.ServerName = host
+	}
+	d := &tls.Dialer{NetDialer: &net.Dialer{}, Config: cfg}
+	ctx, cancel := context.WithTimeout(s.ctx, timeout)
+	defer cancel()
+	c, err := d.DialContext(ctx, "tcp", string(address))
+	if err != nil {
+		return nil, fmt.Errorf("raft tls dial %s: %w", address, err)
+	}
+	return c, nil
+}
+
+// checkTLS reports why cfg cannot secure raft, or nil.
+func checkTLS(cfg *tls.Config) error {
+	switch {
+	case len(cfg.Certificates) == 0 && cfg.GetCertificate == nil:
+		return errors.New("-raft-tls-cert: raft TLS needs this node's certificate and key")
+	case cfg.RootCAs == nil || cfg.ClientCAs == nil:
+		return errors.New("-raft-tls-ca: raft TLS needs the CA that signs every node's certificate")
+	}
+	return nil
+}
