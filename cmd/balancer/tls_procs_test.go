@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/thebalancer/balancer/node/admin"
 )
 
 // TestProcTLSClusterAndCLI runs three agents whose certificates come from
@@ -80,6 +83,24 @@ func TestProcTLSClusterAndCLI(t *testing.T) {
 	}
 	if c := strings.Count(out.String(), "https://127.0.0.1:"); c != 3 {
 		t.Fatalf("members should list three https admin URLs:\n%s", out.String())
+	}
+	// The status view asks every peer for its own part, over HTTPS with the
+	// node's certificate: each must answer with its raft state.
+	out.Reset()
+	if err := run(context.Background(), []string{"status", "-json"}, &out, &errb); err != nil {
+		t.Fatalf("status over TLS: %v", err)
+	}
+	var st admin.Status
+	if err := json.Unmarshal(out.Bytes(), &st); err != nil {
+		t.Fatalf("status -json: %v\n%s", err, out.String())
+	}
+	if len(st.Nodes) != 3 {
+		t.Fatalf("status lists %d nodes, want 3: %+v", len(st.Nodes), st.Nodes)
+	}
+	for _, n := range st.Nodes {
+		if n.Error != "" || n.Raft == nil {
+			t.Errorf("status of %s over TLS: error %q, raft %+v", n.Name, n.Error, n.Raft)
+		}
 	}
 
 	// Without a client certificate the node refuses.
