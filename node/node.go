@@ -55,6 +55,12 @@ type Config struct {
 	// BootstrapExpect is -bootstrap-expect: how many servers form the
 	// cluster at first start (0: never bootstrap, wait to be added).
 	BootstrapExpect int
+	// ReapAfter is -raft-reap-after: a raft server whose gossip member has
+	// been dead (or gone from gossip) this long is removed from the raft
+	// configuration by the leader, as long as minVoters remain, so a node
+	// lost for good stops counting towards quorum once a replacement has
+	// joined. 0 disables reaping.
+	ReapAfter time.Duration
 	// AdminToken, when set, is required as a bearer token on admin writes.
 	AdminToken string
 	// TLS serves the admin API over HTTPS (-tls-cert, -tls-key) and with a
@@ -135,6 +141,9 @@ func (c Config) Validate() error {
 	if c.BootstrapExpect < 0 || c.BootstrapExpect > 9 {
 		return fmt.Errorf("-bootstrap-expect %d: want 0..9 (raft clusters of 3 or 5 voters are the norm)", c.BootstrapExpect)
 	}
+	if c.ReapAfter < 0 {
+		return fmt.Errorf("-raft-reap-after %v: must be 0 (never) or positive", c.ReapAfter)
+	}
 	if c.BootstrapExpect > 1 && !c.clustered() {
 		return fmt.Errorf("-bootstrap-expect %d needs -gossip: founders find each other by gossip", c.BootstrapExpect)
 	}
@@ -207,6 +216,10 @@ type Node struct {
 
 	refusedMu sync.Mutex        // guards refused
 	refused   map[string]string // member -> raft address refused for its TLS, logged once
+
+	reapMu  sync.Mutex           // guards missing; reconcileVoters runs from two goroutines
+	missing map[string]time.Time // raft server -> when the leader first saw it dead or gone
+	kept    map[string]bool      // dead servers kept for quorum's sake, warned about once
 
 	draining atomic.Bool
 

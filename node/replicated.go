@@ -284,6 +284,11 @@ func sameServers(a, b []consensus.Server) bool {
 
 // startLeading runs lead in the background until the returned func is called.
 func (n *Node) startLeading(ctx context.Context) context.CancelFunc {
+	// Absences are timed from when this leadership began: what the node saw
+	// while it last led may have healed and failed again since.
+	n.reapMu.Lock()
+	n.missing, n.kept = nil, nil
+	n.reapMu.Unlock()
 	lctx, cancel := context.WithCancel(ctx)
 	go n.lead(lctx)
 	return cancel
@@ -361,6 +366,92 @@ func (n *Node) reconcileVoters(ctx context.Context) {
 			}
 			n.log.Info("removed raft server that left", "member", m.Name)
 		}
+	}
+	n.reapDead(cctx, servers)
+}
+
+// minVoters is the smallest raft configuration reaping leaves: below three
+// voters one more loss stops writes, so a dead server of a three-voter
+// cluster stays until a replacement has joined.
+const minVoters = 3
+
+// reapDead removes the raft servers whose nodes have been dead or absent
+// from gossip for ReapAfter. Without it a node lost for good would count
+// towards quorum forever: its replacement (a new name) joins as an extra
+// voter, and a 4-voter cluster with one dead tolerates no further loss.
+// Left members are removed at once by reconcileVoters; a reaped node that
+// comes back is added again like any joiner.
+func (n *Node) reapDead(ctx context.Context, servers []consensus.Server) {
+	if n.cfg.ReapAfter <= 0 {
+		return
+	}
+	present := make(map[string]bool)
+	for _, m := range n.gossip.Members() {
+		if m.State == gossip.StateAlive || m.State == gossip.StateSuspect {
+			present[m.Name] = true
+		}
+	}
+	now := time.Now()
+	n.reapMu.Lock()
+	if n.missing == nil {
+		n.missing = make(map[string]time.Time)
+	}
+	var due []string
+	voters := 0
+	inRaft := make(map[string]bool, len(servers))
+	voter := make(map[string]bool, len(servers))
+	for _, s := range servers {
+		inRaft[s.ID] = true
+		voter[s.ID] = s.Voter
+		if s.Voter {
+			voters++
+		}
+		if s.ID == n.cfg.Name || present[s.ID] {
+			delete(n.missing, s.ID)
+			continue
+		}
+		since, seen := n.missing[s.ID]
+		if !seen {
+			n.missing[s.ID] = now
+		} else if now.Sub(since) >= n.cfg.ReapAfter {
+			due = append(due, s.ID)
+		}
+	}
+	for id := range n.missing {
+		if !inRaft[id] {
+			delete(n.missing, id)
+		}
+	}
+	for id := range n.kept {
+		if _, ok := n.missing[id]; !ok {
+			delete(n.kept, id)
+		}
+	}
+	n.reapMu.Unlock()
+	sort.Strings(due)
+	for _, id := range due {
+		if voter[id] && voters-1 < minVoters {
+			n.reapMu.Lock()
+			first := !n.kept[id]
+			if n.kept == nil {
+				n.kept = make(map[string]bool)
+			}
+			n.kept[id] = true
+			n.reapMu.Unlock()
+			if first {
+				n.log.Warn("raft server dead, kept until a replacement joins: removing it would leave fewer than 3 voters",
+					"member", id, "voters", voters)
+			}
+			return
+		}
+		if err := n.store.RemoveServer(ctx, id); err != nil {
+			n.log.Warn("remove dead raft server", "member", id, "err", err)
+			return
+		}
+		if voter[id] {
+			voters--
+		}
+		n.log.Info("removed raft server dead for longer than -raft-reap-after", "member", id, "after", n.cfg.ReapAfter)
 	}
 }
 

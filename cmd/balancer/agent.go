@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/thebalancer/balancer/node"
 	"github.com/thebalancer/balancer/proxy"
@@ -81,6 +82,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.Routes.MaxAge, "peer-max-age", cfg.Routes.MaxAge, "peers' reports older than this stop steering routing; all older: local counts only")
 	fs.StringVar(&cfg.Raft.Bind, "raft", cfg.Raft.Bind, "raft transport `HOST:PORT` (TCP) for the replicated config; peers learn it by gossip")
 	raftTimeout := fs.Duration("raft-timeout", cfg.Raft.HeartbeatTimeout, "raft heartbeat and election timeout: how long followers wait for a dead leader before electing (fail-over takes about 2x this)")
+	fs.DurationVar(&cfg.ReapAfter, "raft-reap-after", 10*time.Minute, "remove a raft server whose node has been dead this long, if 3 voters remain (a node lost for good stops counting towards quorum once a replacement joins); 0: never")
 	fs.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "form a new raft cluster once this many servers (`N`) are known by gossip; 1 = this node alone; 0 with -join = wait to be added")
 	fs.StringVar(&cfg.AdminToken, "admin-token", os.Getenv("BALANCER_ADMIN_TOKEN"), "require this bearer `token` on admin API writes (env BALANCER_ADMIN_TOKEN)")
 	fs.StringVar(&cfg.TLS.Cert, "tls-cert", "", "serve the admin API over HTTPS (TLS 1.3) with this certificate (`PEM file`); followers also show it when forwarding writes")

@@ -489,3 +489,50 @@ func TestProcLateJoinerBecomesVoterAndLeaves(t *testing.T) {
 		return !v["n4"] && len(v) == 3
 	})
 }
+
+// A node lost for good must stop counting towards quorum once a replacement
+// has joined: otherwise the replacement makes four voters with one dead, and
+// the cluster can no longer lose another node.
+func TestProcDeadNodeIsReapedOnceAReplacementJoins(t *testing.T) {
+	backends := startDemoBackends(t, "a")
+	agents := startRaftCluster(t, 3, backends, "-raft-reap-after", "1s")
+	leader, lost := followerOf(t, agents)
+	lost.kill()
+	// Three voters is the floor: the leader keeps the dead one and says so.
+	waitUntil(t, 30*time.Second, "the leader to keep the dead voter for want of a replacement", func() bool {
+		return strings.Contains(leader.logs.String(), "kept until a replacement joins") &&
+			strings.Contains(leader.logs.String(), `"member":"`+lost.name+`"`)
+	})
+	voters := func() map[string]bool {
+		v := map[string]bool{}
+		for _, m := range leader.members(t) {
+			if m.RaftRole == "voter" {
+				v[m.Name] = true
+			}
+		}
+		return v
+	}
+	if v := voters(); !v[lost.name] || len(v) != 3 {
+		t.Fatalf("voters %v: the dead node must stay while only three voters exist", v)
+	}
+	repl := startAgent(t, "n4", filepath.Join(t.TempDir(), "n4"),
+		"-gossip", "127.0.0.1:0", "-raft", "127.0.0.1:0", "-join", leader.Gossip)
+	waitUntil(t, 30*time.Second, "the replacement to be a voter and the dead node reaped", func() bool {
+		v := voters()
+		return v["n4"] && !v[lost.name] && len(v) == 3
+	})
+	// Back at three live voters, the cluster survives one more loss.
+	var other *agent
+	for _, a := range agents {
+		if a != leader && a != lost {
+			other = a
+		}
+	}
+	other.kill()
+	waitUntil(t, 30*time.Second, "a write accepted with one of the three remaining voters down", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err := repl.client().SetWeight(ctx, "a", 9)
+		return err == nil
+	})
+}
