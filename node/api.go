@@ -2,7 +2,9 @@ package node
 
 import (
 	"errors"
+	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/thebalancer/balancer/gossip"
@@ -110,7 +112,7 @@ func (v membersView) Members() admin.Members {
 			continue
 		}
 		applied, _ := strconv.ParseUint(m.Meta[metaApplied], 10, 64)
-		out.Members = append(out.Members, admin.Member{Name: m.Name, GossipAddr: m.Addr, AdminAddr: m.Meta[metaAdmin],
+		out.Members = append(out.Members, admin.Member{Name: m.Name, GossipAddr: m.Addr, AdminAddr: adminAddr(m.Meta[metaAdmin]),
 			Status: m.State, RaftRole: roles[m.Name], Leader: leader == m.Name, AppliedIndex: applied})
 	}
 	return out
@@ -153,4 +155,25 @@ func (v statusView) NodeStatus() admin.NodeStatus {
 			Requests: t.Requests, Failures: t.Failures}
 	}
 	return out
+}
+
+// adminAddr passes on a peer's advertised admin address only in the forms
+// nodes advertise (HOST:PORT, or http(s)://HOST:PORT): it comes from gossip,
+// and clients, the status page among them, dial and link to it.
+func adminAddr(s string) string {
+	hostport := s
+	if scheme, rest, ok := strings.Cut(s, "://"); ok {
+		if scheme != "http" && scheme != "https" {
+			return ""
+		}
+		hostport = rest
+	}
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil || host == "" || strings.ContainsAny(host, "/?#@ ") {
+		return ""
+	}
+	if p, err := strconv.Atoi(port); err != nil || p <= 0 || p > 65535 {
+		return ""
+	}
+	return s
 }

@@ -497,7 +497,7 @@ func (n *Node) Apply(ctx context.Context, cmd consensus.Command) (consensus.Resu
 }
 
 // Leader returns the raft leader's node name and admin address.
-func (n *Node) Leader() (name, adminAddr string) {
+func (n *Node) Leader() (name, admin string) {
 	id, _ := n.store.Leader()
 	if id == "" {
 		return "", ""
@@ -508,7 +508,7 @@ func (n *Node) Leader() (name, adminAddr string) {
 	if n.gossip != nil {
 		for _, m := range n.gossip.Members() {
 			if m.Name == id {
-				return id, m.Meta[metaAdmin]
+				return id, adminAddr(m.Meta[metaAdmin])
 			}
 		}
 	}

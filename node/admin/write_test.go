@@ -673,6 +673,14 @@ func TestStatusPageAndUnknownEndpoint(t *testing.T) {
 	if a := call(t, srv.URL, "GET", "/", "", nil); a.status != 200 || !strings.Contains(string(a.body), `<script src="/ui/app.js">`) {
 		t.Errorf("status page: %d %s", a.status, a.body)
 	}
+	// The page shows what peers gossip and holds the token: it may run
+	// only its own script and talk only to its own node.
+	for _, path := range []string{"/", "/ui/app.js"} {
+		csp := call(t, srv.URL, "GET", path, "", nil).header.Get("Content-Security-Policy")
+		if !strings.Contains(csp, "script-src 'self'") || !strings.Contains(csp, "connect-src 'self'") || !strings.Contains(csp, "frame-ancestors 'none'") {
+			t.Errorf("%s: Content-Security-Policy %q", path, csp)
+		}
+	}
 	if a := call(t, srv.URL, "GET", "/v1/status", "", nil); a.status != 200 || !strings.Contains(string(a.body), `"config_index": 2`) {
 		t.Errorf("status: %d %s", a.status, a.body)
 	}

@@ -13,8 +13,15 @@ let writeError = "";       // the last failed change, shown until the next chang
 
 // adminURL links to a member's status page: a TLS node advertises
 // https://HOST:PORT, a plain one HOST:PORT (served with this page's scheme).
+// Addresses come from gossip, so anything but an http(s) URL (a
+// javascript: link from a rogue member) gets no link at all.
 function adminURL(addr) {
-  return (addr.includes("://") ? addr : location.protocol + "//" + addr) + "/";
+  try {
+    const u = new URL(addr.includes("://") ? addr : location.protocol + "//" + addr);
+    return u.protocol === "http:" || u.protocol === "https:" ? u.origin + "/" : null;
+  } catch (e) {
+    return null;
+  }
 }
 
 // el builds an element; children may be strings (set as text, never HTML).
@@ -86,7 +93,7 @@ function renderMembers(st) {
       td("raft commit", "num", r ? r.commit_index : "–"),
       td("config applied", "num config-applied", m.applied_index),
       td("leader contact", "num", r ? fmtContact(r.last_contact_ms) : "–"),
-      td("admin address", "", m.admin_addr ? el("a", { href: adminURL(m.admin_addr) }, m.admin_addr) : "–"),
+      td("admin address", "", m.admin_addr && adminURL(m.admin_addr) ? el("a", { href: adminURL(m.admin_addr) }, m.admin_addr) : (m.admin_addr || "–")),
       td("gossip address", "", m.gossip_addr || "–"));
   });
   $("members").tBodies[0].replaceChildren(...rows);
