@@ -32,8 +32,9 @@ import (
 // Echo. Between reports every node holds the same picture, and an argmin
 // over it sends every node's next requests to the backend that looked idle.
 // So the node carries each report forward with its own counts: it assumes
-// the peer changed its count on a backend as this node did since the report
-// arrived, scaled by how busy the peer is relative to this node and trusted
+// the peer added to its count on a backend as this node did since the report
+// arrived (growth only: a fall, summed over peers, would cancel load others
+// really reported), scaled by how busy the peer is relative to this node and trusted
 // as much as the report. The proxy applies it to the live count
 // (pick.Candidate.Echo), so a node's own first pick of the idle backend
 // already stands for every node's.

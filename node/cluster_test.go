@@ -191,7 +191,7 @@ func sample(at time.Time, counts map[string]int64) ownSample {
 
 // The echo carries a report forward with this node's own counts, scaled by
 // the peer's activity relative to this node's when the report arrived and by
-// trust in the report; the proxy then scores Peers + Echo×Local − EchoBase.
+// trust in the report; the proxy then scores Peers + max(0, Echo×Local − EchoBase).
 func TestEchoExtrapolatesPeersFromOwnCounts(t *testing.T) {
 	own := []ownSample{
 		sample(t0.Add(-300*time.Millisecond), map[string]int64{"a": 5}),

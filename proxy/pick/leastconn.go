@@ -28,8 +28,14 @@ func (p *leastConn) load(c *Candidate) float64 {
 	if p.peers {
 		// Written as > 0 so that a NaN or negative value from a bad report
 		// counts as nothing instead of poisoning every comparison.
-		if peers := c.Peers + c.Echo*own - c.EchoBase; peers > 0 {
-			l += peers
+		if c.Peers > 0 {
+			l += c.Peers
+		}
+		// Only growth is echoed: Echo and EchoBase are sums over peers, and
+		// a fall in this node's count, echoed through peers that had
+		// nothing on the backend, would cancel the real load of the others.
+		if extra := c.Echo*own - c.EchoBase; extra > 0 {
+			l += extra
 		}
 	}
 	return l

@@ -146,16 +146,17 @@ func TestLeastConnEcho(t *testing.T) {
 	if got := mustNew(t, LeastConn, c, st).Pick(c, seeded(), Skip{}); got != 1 {
 		t.Errorf("with the echo: picked %d, want 1 (load 1+4 against 3)", got)
 	}
-	// Falling counts echo too, but the peers' share never goes below zero,
-	// and a garbage echo counts as nothing.
+	// A fall in this node's count is not echoed: it would cancel load that
+	// peers really reported. And a garbage echo counts as nothing.
 	c[0].Local.Store(0)
-	c[0].EchoBase = 8
-	c[1].Peers = 0.5
-	if got := mustNew(t, LeastConn, c, st).Pick(c, seeded(), Skip{}); got != 0 {
-		t.Errorf("negative extrapolation: picked %d, want 0 (load 0 against 0.5)", got)
+	c[0].Peers, c[0].EchoBase = 2, 8
+	c[1].Peers = 1
+	if got := mustNew(t, LeastConn, c, st).Pick(c, seeded(), Skip{}); got != 1 {
+		t.Errorf("falling own count: picked %d, want 1 (peers' 2 stands against 1)", got)
 	}
+	c[0].Peers = 0.5
 	c[0].Echo = math.NaN()
 	if got := mustNew(t, LeastConn, c, st).Pick(c, seeded(), Skip{}); got != 0 {
-		t.Errorf("NaN echo: picked %d, want 0", got)
+		t.Errorf("NaN echo: picked %d, want 0 (load 0.5 against 1)", got)
 	}
 }

@@ -32,9 +32,9 @@ type Candidate struct {
 	// computed it from gossip (already weighted for staleness); 0 without a cluster.
 	Peers float64
 	// Echo and EchoBase carry the peers' load forward between reports: the
-	// node assumes the other nodes changed their counts on this backend the
-	// way it changed its own since their reports, so the peer load it scores
-	// is Peers + Echo×Local − EchoBase. Echo is the sum over peers of
+	// node assumes the other nodes added to their counts on this backend as
+	// it added to its own since their reports, so the peer load it scores
+	// is Peers + max(0, Echo×Local − EchoBase). Echo is the sum over peers of
 	// (trust in the report × the peer's activity relative to this node's);
 	// EchoBase the same sum times this node's count when each report
 	// arrived. Without it every node keeps sending to the backend that looked
