@@ -89,7 +89,8 @@ func newCollector(n *Node) *collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.failures, c.latency, c.inflight, c.clusterIF, c.weight, c.drain,
 		c.breaker, c.trans, c.rejected, c.peerAge, c.peers, c.gossipMsg, c.gossipB, c.gossipBad, c.members,
-		c.raftState, c.raftTerm, c.raftCommt, c.raftAppl, c.raftLast, c.cfgIndex, c.cfgChange, c.cfgReject} {
+		c.raftState, c.raftTerm, c.raftCommt, c.raftAppl, c.raftLast, c.cfgIndex, c.cfgChange, c.cfgReject,
+		c.connsOpen, c.connsMax, c.connsRef} {
 		ch <- d
 	}
 }

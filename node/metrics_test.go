@@ -1,6 +1,7 @@
 package node
 
 import (
+	"github.com/prometheus/client_golang/prometheus"
 	"net"
 	"net/http"
 	"testing"
@@ -83,6 +84,15 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 		v, _ := metricSample(scrape(t, n), "balancer_config_index")
 		return v > 0
 	})
+
+	// A pedantic registry checks every collected metric against Describe
+	// and the exposition rules: what a strict scraper or a shared registry
+	// would reject.
+	pedantic := prometheus.NewPedanticRegistry()
+	pedantic.MustRegister(newCollector(n))
+	if _, err := pedantic.Gather(); err != nil {
+		t.Errorf("metrics fail a pedantic registry: %v", err)
+	}
 
 	before := scrape(t, n)
 	wantTypes := map[string]dto.MetricType{

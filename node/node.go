@@ -508,6 +508,15 @@ func (n *Node) setBackends(bs []proxy.Backend) {
 			n.breakers.Remove(b.ID)
 		}
 	}
+	// A removed backend's transition counters go with it, so churn in the
+	// backend set does not grow the metrics without bound.
+	n.transMu.Lock()
+	for k := range n.transitions {
+		if !keep[k.backend] {
+			delete(n.transitions, k)
+		}
+	}
+	n.transMu.Unlock()
 	n.refreshRoutes()
 }
 

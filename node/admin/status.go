@@ -11,6 +11,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/singleflight"
 )
 
 // The status page is plain HTML, CSS and JavaScript embedded in the binary:
@@ -26,7 +28,43 @@ var uiFiles embed.FS
 const peerStatusTimeout = 500 * time.Millisecond
 
 // maxStatusAnswer bounds a peer's status answer read into memory.
-const maxStatusAnswer = 4 << 20
+const maxStatusAnswer = 2 << 20
+
+// statusReuse is how long a cluster status is served again instead of
+// asking every peer anew: every open status page polls once a second, and
+// without it V pages (or a client in a loop) would cost V×peers requests.
+const statusReuse = 500 * time.Millisecond
+
+// statusCache shares one cluster status between the requests of a moment.
+type statusCache struct {
+	group singleflight.Group
+	mu    sync.Mutex
+	at    time.Time
+	last  Status
+}
+
+// sharedClusterStatus is clusterStatus, fetched at most once per statusReuse
+// however many clients ask, and by one goroutine for concurrent askers. The
+// fetch is not tied to any one request, so a client that goes away does not
+// fail the others waiting on it.
+func (a *api) sharedClusterStatus() Status {
+	c := &a.status
+	c.mu.Lock()
+	if !c.at.IsZero() && time.Since(c.at) < statusReuse {
+		st := c.last
+		c.mu.Unlock()
+		return st
+	}
+	c.mu.Unlock()
+	v, _, _ := c.group.Do("cluster", func() (any, error) {
+		st := a.clusterStatus(context.Background())
+		c.mu.Lock()
+		c.at, c.last = time.Now(), st
+		c.mu.Unlock()
+		return st, nil
+	})
+	return v.(Status)
+}
 
 // RaftStatus is one node's raft state.
 type RaftStatus struct {
@@ -198,8 +236,10 @@ func (a *api) clusterStatus(ctx context.Context) Status {
 			if !ok {
 				continue // the peer applies a config this node has not seen yet
 			}
+			// Filed under the member's name, not the name the answer gives:
+			// a peer must not be able to overwrite another node's figures.
 			if t, ok := b.Traffic[p.st.Node]; ok {
-				st.Backends[i].Traffic[p.st.Node] = t
+				st.Backends[i].Traffic[p.name] = t
 			}
 		}
 	}
@@ -241,7 +281,7 @@ func (a *api) fetchStatus(ctx context.Context, addr string) (Status, error) {
 func (a *api) getStatus(w http.ResponseWriter, r *http.Request) {
 	switch scope := r.URL.Query().Get("scope"); scope {
 	case "", "cluster":
-		writeJSON(w, http.StatusOK, a.clusterStatus(r.Context()))
+		writeJSON(w, http.StatusOK, a.sharedClusterStatus())
 	case "node":
 		writeJSON(w, http.StatusOK, localStatus(a.s))
 	default:

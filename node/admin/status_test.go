@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"sync"
 	"testing"
+	"time"
 )
 
 // clusterFake is one node of a fake cluster: a fixed config and load, and a
@@ -113,5 +114,46 @@ func TestClusterStatusAddsPeersTraffic(t *testing.T) {
 	}
 	if len(own.Nodes) != 1 || len(own.Backends[0].Traffic) != 1 || own.Backends[0].Traffic["b"].Rate != 5 {
 		t.Errorf("scope=node: %+v", own)
+	}
+}
+
+// Many status pages (or a client in a loop) must not multiply the requests
+// a node sends its peers: a burst of cluster status requests costs each
+// peer one fetch.
+func TestClusterStatusFanOutIsShared(t *testing.T) {
+	a := &clusterFake{name: "a"}
+	var mu sync.Mutex
+	asked := 0
+	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		asked++
+		mu.Unlock()
+		writeJSON(w, http.StatusOK, Status{Node: "b"})
+	}))
+	t.Cleanup(b.Close)
+	a.members = []Member{{Name: "a", Status: "alive"}, {Name: "b", AdminAddr: b.Listener.Addr().String(), Status: "alive"}}
+	sa := startFake(t, a)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get(sa.URL + "/v1/status")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+		}()
+	}
+	wg.Wait()
+	// One fetch per reuse window the burst spanned (one, unless the
+	// machine stalled the burst).
+	allowed := 1 + int(time.Since(start)/statusReuse)
+	mu.Lock()
+	defer mu.Unlock()
+	if asked > allowed {
+		t.Errorf("20 status requests in %v asked the peer %d times, want at most %d (one per %v)", time.Since(start), asked, allowed, statusReuse)
 	}
 }

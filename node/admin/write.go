@@ -54,6 +54,7 @@ type api struct {
 	s        Sources
 	tokenSum [32]byte // sha256 of s.Token; unused when s.Token == ""
 	fwd      *http.Client
+	status   statusCache
 }
 
 // newForwardClient returns the client a follower forwards writes with. It
