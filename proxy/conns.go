@@ -36,6 +36,9 @@ type backendTransport struct {
 	// close idle connections on their own timers); a field so tests can
 	// shorten it.
 	idleTimeout time.Duration
+	// tunnelIdle closes an upgraded (101) connection after this long with
+	// no bytes either way; 0: never.
+	tunnelIdle time.Duration
 }
 
 const (
@@ -319,7 +322,8 @@ func (t *backendTransport) exchange(bc *backendConn, req *http.Request, body *re
 				return t.fail(bc, req, body, w, stop, fmt.Errorf("write request: %w", w.err))
 			}
 		}
-		resp.Body = &upgradedConn{bc: bc, stop: stop}
+		resp.Body = &upgradedConn{bc: bc, stop: stop, idle: t.tunnelIdle}
+		resp.Body.(*upgradedConn).touch()
 		return resp, false, nil
 	}
 	// A backend that answered before the request was fully sent may not
@@ -629,14 +633,45 @@ func (b *pooledBody) Close() error {
 }
 
 // upgradedConn is the backend side of a switched protocol: reads drain what
-// the response reader had buffered first.
+// the response reader had buffered first. ReverseProxy copies both ways
+// without deadlines, so the tunnel's idle timeout lives here: a read that
+// times out ends the tunnel only if nothing moved either way meanwhile (a
+// client that only sends keeps it open).
 type upgradedConn struct {
 	bc   *backendConn
 	stop func() bool
+	idle time.Duration
+	last atomic.Int64 // unix nanos of the last byte either way
 }
 
-func (u *upgradedConn) Read(p []byte) (int, error)  { return u.bc.br.Read(p) }
-func (u *upgradedConn) Write(p []byte) (int, error) { return u.bc.c.Write(p) }
+func (u *upgradedConn) touch() { u.last.Store(time.Now().UnixNano()) }
+
+func (u *upgradedConn) Read(p []byte) (int, error) {
+	for {
+		if u.idle > 0 {
+			_ = u.bc.c.SetReadDeadline(time.Unix(0, u.last.Load()).Add(u.idle))
+		}
+		n, err := u.bc.br.Read(p)
+		if n > 0 {
+			u.touch()
+		}
+		var ne net.Error
+		if n == 0 && u.idle > 0 && errors.As(err, &ne) && ne.Timeout() &&
+			time.Since(time.Unix(0, u.last.Load())) < u.idle {
+			continue // the other direction was busy: wait on
+		}
+		return n, err
+	}
+}
+
+func (u *upgradedConn) Write(p []byte) (int, error) {
+	n, err := u.bc.c.Write(p)
+	if n > 0 {
+		u.touch()
+	}
+	return n, err
+}
+
 func (u *upgradedConn) Close() error {
 	u.stop()
 	return u.bc.c.Close()

@@ -37,6 +37,7 @@ func newHTTPForwarder(p *Proxy) *httpForwarder {
 			dialer:          net.Dialer{Timeout: p.cfg.DialTimeout, KeepAlive: 30 * time.Second},
 			responseTimeout: p.cfg.ResponseTimeout,
 			idleTimeout:     p.cfg.BackendIdleTimeout,
+			tunnelIdle:      p.cfg.IdleTimeout,
 		},
 	}
 	f.rp = &httputil.ReverseProxy{

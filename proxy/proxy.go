@@ -91,7 +91,8 @@ type Config struct {
 	// request body, or reads none of the answer, for this long, releasing
 	// the backend connection and in-flight slot it holds (HTTP).
 	ClientIdleTimeout time.Duration
-	// IdleTimeout closes a TCP connection with no traffic either way.
+	// IdleTimeout closes a TCP connection, or an upgraded HTTP connection
+	// (WebSocket), with no traffic either way.
 	IdleTimeout time.Duration
 	// MaxTries is how many backends one request may try (1..pick.MaxTries).
 	MaxTries int

@@ -656,3 +656,70 @@ func TestClientIdleTimeoutCountsOnlySilence(t *testing.T) {
 		t.Fatalf("steady download longer than the idle timeout: %d %q", code, body)
 	}
 }
+
+// An upgraded connection (WebSocket) with no bytes either way for
+// IdleTimeout is closed, as a tcp-mode one is; traffic in one direction
+// alone keeps it open.
+func TestUpgradedConnectionIdleTimeout(t *testing.T) {
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		// Swallow everything, answer "ping" with "pong": the client alone
+		// talks until it pings.
+		buf := make([]byte, 4)
+		for {
+			if _, err := io.ReadFull(brw, buf[:1]); err != nil {
+				return
+			}
+			if buf[0] == 'p' {
+				if _, err := io.ReadFull(brw, buf[1:]); err != nil {
+					return
+				}
+				conn.Write([]byte("pong"))
+			}
+		}
+	}))
+	defer be.Close()
+	const idle = 300 * time.Millisecond
+	cfg := DefaultConfig()
+	cfg.IdleTimeout = idle
+	p, url := startHTTP(t, cfg, []Route{route("a", hostPort(be.URL))}, nil)
+	conn, err := net.Dial("tcp", hostPort(url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(conn)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade response %v %v", resp, err)
+	}
+	// Three idle periods of client-only traffic.
+	for end := time.Now().Add(3 * idle); time.Now().Before(end); time.Sleep(idle / 4) {
+		if _, err := conn.Write([]byte("x")); err != nil {
+			t.Fatalf("tunnel closed while the client was sending: %v", err)
+		}
+	}
+	fmt.Fprint(conn, "ping")
+	buf := make([]byte, 4)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(br, buf); err != nil || string(buf) != "pong" {
+		t.Fatalf("tunnel after one-way traffic: %q %v; want it still open", buf, err)
+	}
+	// Now silence: the proxy closes the tunnel.
+	quiet := time.Now()
+	if _, err := br.ReadByte(); err == nil {
+		t.Fatal("read a byte from a silent tunnel")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("tunnel still open 5 s after going silent (idle timeout %v)", idle)
+	}
+	if took := time.Since(quiet); took < idle {
+		t.Errorf("tunnel closed %v after going silent, before the idle timeout %v", took, idle)
+	}
+	eventually(t, 2*time.Second, "in-flight 0 after the idle tunnel closed", func() bool { return totalInFlight(p) == 0 })
+}
