@@ -3,6 +3,7 @@ package consensus
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,7 +26,9 @@ const (
 // tlsStream is a raft.StreamLayer over mutual TLS 1.3: both sides present
 // a certificate and verify the other's against the cluster's CA, so a node
 // without a certificate from that CA can neither send raft RPCs to the
-// cluster nor receive them.
+// cluster nor receive them. Both sides also demand a node certificate
+// (server and client auth, see requireNodeCert): the operator's
+// client-only certificate from the same CA cannot speak raft.
 //
 // Accepted connections finish their handshake here, in their own
 // goroutines, before raft sees them: a slow or refused peer neither stalls
@@ -54,8 +57,10 @@ func newTLSStream(ln net.Listener, adv net.Addr, cfg *tls.Config, log *slog.Logg
 	server := cfg.Clone()
 	server.ClientAuth = tls.RequireAndVerifyClientCert
 	server.MinVersion = tls.VersionTLS13
+	server.VerifyConnection = requireNodeCert(cfg.VerifyConnection)
 	client := cfg.Clone()
 	client.MinVersion = tls.VersionTLS13
+	client.VerifyConnection = requireNodeCert(cfg.VerifyConnection)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &tlsStream{ln: ln, adv: adv, server: server, client: client, log: log,
 		conns: make(chan net.Conn), ctx: ctx, cancel: cancel, sem: make(chan struct{}, maxHandshakes)}
@@ -168,6 +173,54 @@ func (s *tlsStream) Dial(address raft.ServerAddress, timeout time.Duration) (net
 		return nil, fmt.Errorf("raft tls dial %s: %w", address, err)
 	}
 	return c, nil
+}
+
+// requireNodeCert returns a tls.Config.VerifyConnection that runs after
+// the chain is verified against the CA and refuses a peer whose certificate
+// is not a node certificate: raft needs both server and client auth usage.
+// Chain verification alone checks only the usage of the side's role, and
+// the operator's client certificate (client auth only) from `balancer
+// certs` chains to the same CA when -tls-ca and -raft-tls-ca are one file;
+// without this check it could send raft RPCs (AppendEntries with a higher
+// term, a vote) and bypass the admin API's token. next, if not nil, is the
+// caller's own check, run afterwards.
+func requireNodeCert(next func(tls.ConnectionState) error) func(tls.ConnectionState) error {
+	return func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("raft peer presented no certificate")
+		}
+		if err := nodeUsage(cs.PeerCertificates[0].ExtKeyUsage); err != nil {
+			return fmt.Errorf("raft peer certificate %q is not a node certificate: %w", cs.PeerCertificates[0].Subject.CommonName, err)
+		}
+		if next != nil {
+			return next(cs)
+		}
+		return nil
+	}
+}
+
+// nodeUsage reports what a raft peer's certificate lacks, or nil. An
+// explicit "any" usage covers both; a certificate without the extended key
+// usage extension is refused, since nothing in it says it is a node's.
+func nodeUsage(usages []x509.ExtKeyUsage) error {
+	var server, client bool
+	for _, u := range usages {
+		switch u {
+		case x509.ExtKeyUsageAny:
+			server, client = true, true
+		case x509.ExtKeyUsageServerAuth:
+			server = true
+		case x509.ExtKeyUsageClientAuth:
+			client = true
+		}
+	}
+	switch {
+	case !server:
+		return errors.New("it lacks server auth usage; the operator's client certificate cannot speak raft")
+	case !client:
+		return errors.New("it lacks client auth usage, which raft needs to dial its peers")
+	}
+	return nil
 }
 
 // checkTLS reports why cfg cannot secure raft, or nil.
