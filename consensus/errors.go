@@ -27,5 +27,6 @@ var (
 
 // ErrPeerTLS is returned by AddVoter when the new server fails the raft
 // mutual TLS handshake (its certificate is from another CA, does not name
-// its address, or it speaks plain TCP): it is not added.
+// its address or is no node certificate, it refuses this node's
+// certificate, or it speaks plain TCP): it is not added.
 var ErrPeerTLS = errors.New("peer failed the raft TLS handshake")

@@ -516,7 +516,8 @@ func (s *Store) AddVoter(ctx context.Context, id, addr string) error {
 	return nil
 }
 
-// checkPeer completes a raft TLS handshake with addr and hangs up.
+// checkPeer completes a raft TLS handshake with addr, waits to see whether
+// the peer accepts this node's certificate, and hangs up.
 func (s *Store) checkPeer(ctx context.Context, addr string) error {
 	timeout := 5 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
@@ -526,7 +527,8 @@ func (s *Store) checkPeer(ctx context.Context, addr string) error {
 	if err != nil {
 		return err
 	}
-	return c.Close()
+	defer c.Close()
+	return awaitRefusal(c, min(refusalWait, timeout))
 }
 
 // RemoveServer removes a server from the raft configuration and waits until

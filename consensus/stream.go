@@ -223,6 +223,33 @@ func nodeUsage(usages []x509.ExtKeyUsage) error {
 	return nil
 }
 
+// refusalWait is how long checkPeer listens after its handshake for the
+// peer's verdict on this node's certificate. It must exceed a round trip
+// between voters; a peer that accepts sends nothing, so every successful
+// check waits this long.
+const refusalWait = 500 * time.Millisecond
+
+// awaitRefusal reads from a raft connection whose client handshake just
+// completed, for at most wait, and reports whether the peer refused it.
+//
+// In TLS 1.3 the client's handshake ends before the server has verified
+// the client's certificate: a peer that will refuse ours (it trusts another
+// CA, or finds ours is no node certificate) still lets the handshake
+// succeed here, and sends its alert afterwards. A raft server that accepts
+// sends nothing, since it waits for the client's RPC type byte, so a read
+// timeout is success; an alert, EOF or reset is a refusal.
+func awaitRefusal(c net.Conn, wait time.Duration) error {
+	if err := c.SetReadDeadline(time.Now().Add(wait)); err != nil {
+		return err
+	}
+	_, err := c.Read(make([]byte, 1))
+	var ne net.Error
+	if err == nil || errors.As(err, &ne) && ne.Timeout() {
+		return nil // data would be odd from a raft server, but it accepted us
+	}
+	return fmt.Errorf("the peer refused this node's certificate after the handshake (does it trust the same raft CA?): %w", err)
+}
+
 // checkTLS reports why cfg cannot secure raft, or nil.
 func checkTLS(cfg *tls.Config) error {
 	switch {

@@ -271,3 +271,28 @@ func TestNodeUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestAddVoterRefusedByPeer: a peer with a certificate from the cluster's
+// CA that trusts another CA would refuse every connection from the cluster,
+// but in TLS 1.3 it does so only after the dialler's handshake completed.
+// The leader must still see the refusal and not add it as a voter that
+// never votes.
+func TestAddVoterRefusedByPeer(t *testing.T) {
+	cfgs := testTLS(t, "n0", "n1", "n2", "x")
+	c := newClusterWith(t, 3, func(i int, o *Options) { o.TLS = cfgs[o.NodeID] })
+	c.waitLeader()
+
+	other := poolOf(t, testPKI(t, "y"))
+	o := testOptions(t, "x", t.TempDir(), testLogger(t))
+	o.TLS = cfgs["x"].Clone()
+	o.TLS.RootCAs, o.TLS.ClientCAs = other, other
+	x := openStore(t, o)
+	err := c.waitLeader().AddVoter(ctxTimeout(t, 5*time.Second), "x", x.RaftAddr())
+	if !errors.Is(err, ErrPeerTLS) || !strings.Contains(err.Error(), "refused this node's certificate") {
+		t.Fatalf("adding a peer that refuses the cluster's certificates: %v; want ErrPeerTLS naming the refusal", err)
+	}
+	srv, err := c.waitLeader().Servers()
+	if err != nil || len(srv) != 3 {
+		t.Fatalf("servers after the refusal: %v %v", srv, err)
+	}
+}
