@@ -156,14 +156,9 @@ func (s *tlsStream) Addr() net.Addr {
 // Dial connects to a peer and completes the handshake within timeout,
 // verifying the peer's certificate against the CA and the dialled host.
 func (s *tlsStream) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	host, _, err := net.SplitHostPort(string(address))
+	cfg, err := s.dialConfig(string(address))
 	if err != nil {
 		return nil, fmt.Errorf("raft tls dial %s: %w", address, err)
-	}
-	cfg := s.client
-	if cfg.ServerName == "" {
-		cfg = cfg.Clone()
-		cfg.ServerName = host
 	}
 	d := &tls.Dialer{NetDialer: &net.Dialer{}, Config: cfg}
 	ctx, cancel := context.WithTimeout(s.ctx, timeout)
@@ -223,7 +218,61 @@ func nodeUsage(usages []x509.ExtKeyUsage) error {
 	return nil
 }
 
-// refusalWait is how long checkPeer listens after its handshake for the
+// dialConfig is the client config for address: it verifies the dialled
+// host unless the caller's config names a server.
+func (s *tlsStream) dialConfig(address string) (*tls.Config, error) {
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, err
+	}
+	cfg := s.client
+	if cfg.ServerName == "" {
+		cfg = cfg.Clone()
+		cfg.ServerName = host
+	}
+	return cfg, nil
+}
+
+// probe dials address, completes the client handshake, waits for the
+// peer's verdict on this node's certificate (awaitRefusal) and hangs up.
+//
+// Only failures of TLS itself wrap ErrPeerTLS: the peer's certificate, a
+// handshake the peer breaks off (a plain-TCP raft hangs up on the
+// ClientHello) and the peer's refusal of ours. A peer that cannot be
+// reached (refused, unreachable, DNS) or does not answer in time is
+// returned as is: it may well have a valid certificate and be retried.
+func (s *tlsStream) probe(ctx context.Context, address string, timeout time.Duration) error {
+	cfg, err := s.dialConfig(address)
+	if err != nil {
+		return fmt.Errorf("raft tls dial %s: %w", address, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	defer context.AfterFunc(s.ctx, cancel)()
+	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", address)
+	if err != nil {
+		return fmt.Errorf("raft tls dial %s: %w", address, err)
+	}
+	c := tls.Client(raw, cfg)
+	defer c.Close()
+	if err := c.HandshakeContext(ctx); err != nil {
+		var ne net.Error
+		if ctx.Err() != nil || errors.As(err, &ne) && ne.Timeout() {
+			return fmt.Errorf("raft tls handshake with %s: no answer in time: %w", address, err)
+		}
+		return fmt.Errorf("%w with %s: %w", ErrPeerTLS, address, err)
+	}
+	wait := refusalWait
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl))
+	}
+	if err := awaitRefusal(c, wait); err != nil {
+		return fmt.Errorf("%w with %s: %w", ErrPeerTLS, address, err)
+	}
+	return nil
+}
+
+// refusalWait is how long probe listens after its handshake for the
 // peer's verdict on this node's certificate. It must exceed a round trip
 // between voters; a peer that accepts sends nothing, so every successful
 // check waits this long.

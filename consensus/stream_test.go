@@ -80,8 +80,8 @@ func TestRaftOverMutualTLS(t *testing.T) {
 
 	// A node speaking plain TCP cannot join a TLS cluster either.
 	plain := openStore(t, testOptions(t, "p", t.TempDir(), testLogger(t)))
-	if err := c.waitLeader().AddVoter(ctxTimeout(t, 5*time.Second), "p", plain.RaftAddr()); err == nil {
-		t.Fatal("a plain-TCP node was added to a TLS cluster")
+	if err := c.waitLeader().AddVoter(ctxTimeout(t, 5*time.Second), "p", plain.RaftAddr()); !errors.Is(err, ErrPeerTLS) {
+		t.Fatalf("adding a plain-TCP node to a TLS cluster: %v; want ErrPeerTLS", err)
 	}
 }
 
@@ -294,5 +294,23 @@ func TestAddVoterRefusedByPeer(t *testing.T) {
 	srv, err := c.waitLeader().Servers()
 	if err != nil || len(srv) != 3 {
 		t.Fatalf("servers after the refusal: %v %v", srv, err)
+	}
+}
+
+// TestAddVoterUnreachableIsNotTLS: a server nobody listens for is not
+// added, but the error is not ErrPeerTLS: it is not a certificate problem
+// and may heal, so callers retry it and log it as unreachable.
+func TestAddVoterUnreachableIsNotTLS(t *testing.T) {
+	cfgs := testTLS(t, "n0")
+	c := newClusterWith(t, 1, func(i int, o *Options) { o.TLS = cfgs[o.NodeID] })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	err = c.waitLeader().AddVoter(ctxTimeout(t, 5*time.Second), "gone", addr)
+	if err == nil || errors.Is(err, ErrPeerTLS) || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("adding a server nobody listens for: %v; want a connection refused that is not ErrPeerTLS", err)
 	}
 }
