@@ -27,5 +27,8 @@ var (
 
 // ErrPeerTLS is returned by AddVoter when the new server fails the raft
 // mutual TLS handshake (its certificate is from another CA, does not name
-// its address, or it speaks plain TCP): it is not added.
+// its address or is no node certificate, it refuses this node's
+// certificate, or it speaks plain TCP): it is not added. A server that
+// cannot be reached at all fails AddVoter with an error that does not
+// match ErrPeerTLS.
 var ErrPeerTLS = errors.New("peer failed the raft TLS handshake")

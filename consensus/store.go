@@ -489,7 +489,7 @@ func (s *Store) AddVoter(ctx context.Context, id, addr string) error {
 		// certificate is from another CA, or lacks its address) would count
 		// towards quorum without ever voting: check before adding it.
 		if err := s.checkPeer(ctx, addr); err != nil {
-			return fmt.Errorf("add voter %s: not adding a server this node cannot reach over raft TLS: %w: %w", id, ErrPeerTLS, err)
+			return fmt.Errorf("add voter %s: not adding a server this node cannot reach over raft TLS: %w", id, err)
 		}
 	}
 	s.changeMu.Lock()
@@ -516,17 +516,16 @@ func (s *Store) AddVoter(ctx context.Context, id, addr string) error {
 	return nil
 }
 
-// checkPeer completes a raft TLS handshake with addr and hangs up.
+// peerCheckTimeout bounds checkPeer: ample for a handshake between voters,
+// and short enough that the leader's reconcile round (5s) gets past a
+// member whose raft address swallows packets to the members after it.
+const peerCheckTimeout = 2 * time.Second
+
+// checkPeer completes a raft TLS handshake with addr, waits to see whether
+// the peer accepts this node's certificate, and hangs up. TLS failures
+// wrap ErrPeerTLS; an unreachable peer's do not (see tlsStream.probe).
 func (s *Store) checkPeer(ctx context.Context, addr string) error {
-	timeout := 5 * time.Second
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = min(timeout, time.Until(dl))
-	}
-	c, err := s.stream.Dial(raft.ServerAddress(addr), timeout)
-	if err != nil {
-		return err
-	}
-	return c.Close()
+	return s.stream.probe(ctx, addr, peerCheckTimeout)
 }
 
 // RemoveServer removes a server from the raft configuration and waits until

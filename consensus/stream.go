@@ -3,6 +3,7 @@ package consensus
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,7 +26,9 @@ const (
 // tlsStream is a raft.StreamLayer over mutual TLS 1.3: both sides present
 // a certificate and verify the other's against the cluster's CA, so a node
 // without a certificate from that CA can neither send raft RPCs to the
-// cluster nor receive them.
+// cluster nor receive them. Both sides also demand a node certificate
+// (server and client auth, see requireNodeCert): the operator's
+// client-only certificate from the same CA cannot speak raft.
 //
 // Accepted connections finish their handshake here, in their own
 // goroutines, before raft sees them: a slow or refused peer neither stalls
@@ -54,8 +57,10 @@ func newTLSStream(ln net.Listener, adv net.Addr, cfg *tls.Config, log *slog.Logg
 	server := cfg.Clone()
 	server.ClientAuth = tls.RequireAndVerifyClientCert
 	server.MinVersion = tls.VersionTLS13
+	server.VerifyConnection = requireNodeCert(cfg.VerifyConnection)
 	client := cfg.Clone()
 	client.MinVersion = tls.VersionTLS13
+	client.VerifyConnection = requireNodeCert(cfg.VerifyConnection)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &tlsStream{ln: ln, adv: adv, server: server, client: client, log: log,
 		conns: make(chan net.Conn), ctx: ctx, cancel: cancel, sem: make(chan struct{}, maxHandshakes)}
@@ -151,14 +156,9 @@ func (s *tlsStream) Addr() net.Addr {
 // Dial connects to a peer and completes the handshake within timeout,
 // verifying the peer's certificate against the CA and the dialled host.
 func (s *tlsStream) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	host, _, err := net.SplitHostPort(string(address))
+	cfg, err := s.dialConfig(string(address))
 	if err != nil {
 		return nil, fmt.Errorf("raft tls dial %s: %w", address, err)
-	}
-	cfg := s.client
-	if cfg.ServerName == "" {
-		cfg = cfg.Clone()
-		cfg.ServerName = host
 	}
 	d := &tls.Dialer{NetDialer: &net.Dialer{}, Config: cfg}
 	ctx, cancel := context.WithTimeout(s.ctx, timeout)
@@ -168,6 +168,135 @@ func (s *tlsStream) Dial(address raft.ServerAddress, timeout time.Duration) (net
 		return nil, fmt.Errorf("raft tls dial %s: %w", address, err)
 	}
 	return c, nil
+}
+
+// requireNodeCert returns a tls.Config.VerifyConnection that runs after
+// the chain is verified against the CA and refuses a peer whose certificate
+// is not a node certificate: raft needs both server and client auth usage.
+// Chain verification alone checks only the usage of the side's role, and
+// the operator's client certificate (client auth only) from `balancer
+// certs` chains to the same CA when -tls-ca and -raft-tls-ca are one file;
+// without this check it could send raft RPCs (AppendEntries with a higher
+// term, a vote) and bypass the admin API's token. next, if not nil, is the
+// caller's own check, run afterwards.
+func requireNodeCert(next func(tls.ConnectionState) error) func(tls.ConnectionState) error {
+	return func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("raft peer presented no certificate")
+		}
+		if err := nodeUsage(cs.PeerCertificates[0].ExtKeyUsage); err != nil {
+			return fmt.Errorf("raft peer certificate %q is not a node certificate: %w", cs.PeerCertificates[0].Subject.CommonName, err)
+		}
+		if next != nil {
+			return next(cs)
+		}
+		return nil
+	}
+}
+
+// nodeUsage reports what a raft peer's certificate lacks, or nil. An
+// explicit "any" usage covers both; a certificate without the extended key
+// usage extension is refused, since nothing in it says it is a node's.
+func nodeUsage(usages []x509.ExtKeyUsage) error {
+	var server, client bool
+	for _, u := range usages {
+		switch u {
+		case x509.ExtKeyUsageAny:
+			server, client = true, true
+		case x509.ExtKeyUsageServerAuth:
+			server = true
+		case x509.ExtKeyUsageClientAuth:
+			client = true
+		}
+	}
+	switch {
+	case !server:
+		return errors.New("it lacks server auth usage; the operator's client certificate cannot speak raft")
+	case !client:
+		return errors.New("it lacks client auth usage, which raft needs to dial its peers")
+	}
+	return nil
+}
+
+// dialConfig is the client config for address: it verifies the dialled
+// host unless the caller's config names a server.
+func (s *tlsStream) dialConfig(address string) (*tls.Config, error) {
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, err
+	}
+	cfg := s.client
+	if cfg.ServerName == "" {
+		cfg = cfg.Clone()
+		cfg.ServerName = host
+	}
+	return cfg, nil
+}
+
+// probe dials address, completes the client handshake, waits for the
+// peer's verdict on this node's certificate (awaitRefusal) and hangs up.
+//
+// Only failures of TLS itself wrap ErrPeerTLS: the peer's certificate, a
+// handshake the peer breaks off (a plain-TCP raft hangs up on the
+// ClientHello) and the peer's refusal of ours. A peer that cannot be
+// reached (refused, unreachable, DNS) or does not answer in time is
+// returned as is: it may well have a valid certificate and be retried.
+func (s *tlsStream) probe(ctx context.Context, address string, timeout time.Duration) error {
+	cfg, err := s.dialConfig(address)
+	if err != nil {
+		return fmt.Errorf("raft tls dial %s: %w", address, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	defer context.AfterFunc(s.ctx, cancel)()
+	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", address)
+	if err != nil {
+		return fmt.Errorf("raft tls dial %s: %w", address, err)
+	}
+	c := tls.Client(raw, cfg)
+	defer c.Close()
+	if err := c.HandshakeContext(ctx); err != nil {
+		var ne net.Error
+		if ctx.Err() != nil || errors.As(err, &ne) && ne.Timeout() {
+			return fmt.Errorf("raft tls handshake with %s: no answer in time: %w", address, err)
+		}
+		return fmt.Errorf("%w with %s: %w", ErrPeerTLS, address, err)
+	}
+	wait := refusalWait
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl))
+	}
+	if err := awaitRefusal(c, wait); err != nil {
+		return fmt.Errorf("%w with %s: %w", ErrPeerTLS, address, err)
+	}
+	return nil
+}
+
+// refusalWait is how long probe listens after its handshake for the
+// peer's verdict on this node's certificate. It must exceed a round trip
+// between voters; a peer that accepts sends nothing, so every successful
+// check waits this long.
+const refusalWait = 500 * time.Millisecond
+
+// awaitRefusal reads from a raft connection whose client handshake just
+// completed, for at most wait, and reports whether the peer refused it.
+//
+// In TLS 1.3 the client's handshake ends before the server has verified
+// the client's certificate: a peer that will refuse ours (it trusts another
+// CA, or finds ours is no node certificate) still lets the handshake
+// succeed here, and sends its alert afterwards. A raft server that accepts
+// sends nothing, since it waits for the client's RPC type byte, so a read
+// timeout is success; an alert, EOF or reset is a refusal.
+func awaitRefusal(c net.Conn, wait time.Duration) error {
+	if err := c.SetReadDeadline(time.Now().Add(wait)); err != nil {
+		return err
+	}
+	_, err := c.Read(make([]byte, 1))
+	var ne net.Error
+	if err == nil || errors.As(err, &ne) && ne.Timeout() {
+		return nil // data would be odd from a raft server, but it accepted us
+	}
+	return fmt.Errorf("the peer refused this node's certificate after the handshake (does it trust the same raft CA?): %w", err)
 }
 
 // checkTLS reports why cfg cannot secure raft, or nil.

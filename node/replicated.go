@@ -355,19 +355,34 @@ func (n *Node) reconcileVoters(ctx context.Context) {
 				continue
 			}
 			if err != nil {
-				n.log.Warn("add raft voter", "member", m.Name, "err", err)
-				return
+				// An unreachable member is retried on the next reconcile;
+				// it does not hold up the members after it either.
+				n.log.Warn("add raft voter", "member", m.Name, "raft", addr, "err", err)
+				if reconcileOver(cctx, err) {
+					return
+				}
+				continue
 			}
 			n.log.Info("added raft voter", "member", m.Name, "raft", addr)
 		case m.State == gossip.StateLeft && known[m.Name] != "":
 			if err := n.store.RemoveServer(cctx, m.Name); err != nil {
 				n.log.Warn("remove raft server", "member", m.Name, "err", err)
-				return
+				if reconcileOver(cctx, err) {
+					return
+				}
+				continue
 			}
 			n.log.Info("removed raft server that left", "member", m.Name)
 		}
 	}
 	n.reapDead(cctx, servers)
+}
+
+// reconcileOver reports whether err from one member's change ends this
+// reconcile for all of them: leadership is lost, the store is closing or
+// the round's deadline passed. Other errors concern that member alone.
+func reconcileOver(ctx context.Context, err error) bool {
+	return ctx.Err() != nil || errors.Is(err, consensus.ErrNotLeader) || errors.Is(err, consensus.ErrNoLeader)
 }
 
 // minVoters is the smallest raft configuration reaping leaves: below three

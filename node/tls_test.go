@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -231,4 +232,61 @@ func TestRaftMutualTLSCluster(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// TestReconcileSkipsUnreachableMember: a gossip member whose raft address
+// refuses connections is not a certificate problem, but it must not hold
+// up the members after it (gossip lists them by name) either.
+func TestReconcileSkipsUnreachableMember(t *testing.T) {
+	dir := testCerts(t, "n1", "n4", "n5")
+	be := proxy.Backend{ID: "a", Address: "127.0.0.1:1", Weight: 1}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	first := startClusterWith(t, 1, func(_ int, c *Config) {
+		c.TLS = filesOf(dir, c.Name)
+		c.RaftTLS = filesOf(dir, c.Name)
+		c.BootstrapExpect = 1
+	}, be)[0]
+	cli := admin.NewClient(first.AdminAddr(), "", admin.WithTLS(clientTLS(t, dir, "client")))
+	voters := func() int {
+		s, err := first.store.Servers()
+		if err != nil {
+			return 0
+		}
+		return len(s)
+	}
+	eventually(t, 20*time.Second, "n1 the leader of a seeded config", func() bool {
+		return first.store.IsLeader() && first.store.AppliedIndex() > 0
+	})
+	join := func(name string, edit func(c *Config)) {
+		startClusterWith(t, 1, func(_ int, c *Config) {
+			c.Name = name
+			c.TLS = filesOf(dir, name)
+			c.RaftTLS = filesOf(dir, name)
+			c.Gossip.Join = []string{first.GossipAddr()}
+			if edit != nil {
+				edit(c)
+			}
+		}, be)
+	}
+	// n4 advertises a raft address nobody listens on.
+	join("n4", func(c *Config) { c.Raft.Advertise = dead })
+	eventually(t, 10*time.Second, "n4 in the gossip view", func() bool {
+		m, err := cli.Members(context.Background())
+		return err == nil && len(m.Members) == 2
+	})
+	join("n5", nil)
+	eventually(t, 20*time.Second, "n5 a raft voter despite n4", func() bool {
+		return voters() == 2
+	})
+	s, _ := first.store.Servers()
+	for _, sv := range s {
+		if sv.ID == "n4" {
+			t.Fatalf("n4, unreachable at %s, is a raft server: %+v", dead, s)
+		}
+	}
 }

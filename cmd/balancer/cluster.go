@@ -209,13 +209,31 @@ func (c *adminConn) explain(err error) error {
 		return fmt.Errorf("%w: pass the CA that signed the node's certificate with -ca", err)
 	case strings.Contains(msg, "server gave HTTP response to HTTPS client"):
 		return fmt.Errorf("%w: the node's admin API is plain HTTP: use -admin http://HOST:PORT without -ca/-cert", err)
-	case https && c.cert == "" && !answered && !isDialError(err):
+	case https && c.cert == "" && !answered && !isDialError(err) && !isTimeout(err) && looksRefused(msg):
 		// TLS 1.3 sends the node's refusal after the handshake, so the
 		// request often meets a closed connection (broken pipe, reset,
 		// http2's "could not be established") instead of the alert.
 		return fmt.Errorf("%w: the node may require a client certificate (-tls-ca): pass -cert and -key", err)
 	}
 	return err
+}
+
+// isTimeout reports whether err is a deadline: a slow or unreachable node,
+// not a TLS refusal.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
+}
+
+// looksRefused reports whether msg reads like a TLS handshake failure or a
+// node hanging up on a client without a certificate.
+func looksRefused(msg string) bool {
+	for _, s := range []string{"tls:", "bad certificate", "handshake", "broken pipe", "connection reset", "EOF", "could not be established"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // isDialError reports whether err happened before a connection existed
