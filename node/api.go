@@ -94,7 +94,7 @@ func (v membersView) Members() admin.Members {
 			}
 		}
 	}
-	self := admin.Member{Name: n.cfg.Name, GossipAddr: n.GossipAddr(), AdminAddr: n.AdminAddr(), Status: "alive",
+	self := admin.Member{Name: n.cfg.Name, GossipAddr: n.GossipAddr(), AdminAddr: n.advertisedAdmin(), Status: "alive",
 		RaftRole: roles[n.cfg.Name], Leader: leader == n.cfg.Name, AppliedIndex: n.store.AppliedIndex()}
 	if n.gossip == nil {
 		return admin.Members{Members: []admin.Member{self}}

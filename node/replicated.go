@@ -161,7 +161,7 @@ func (n *Node) advertise() {
 }
 
 func (n *Node) meta() map[string]string {
-	m := map[string]string{metaAdmin: n.AdminAddr(), metaRaft: n.store.RaftAddr()}
+	m := map[string]string{metaAdmin: n.advertisedAdmin(), metaRaft: n.store.RaftAddr()}
 	if n.cfg.BootstrapExpect > 0 {
 		m[metaExpect] = strconv.Itoa(n.cfg.BootstrapExpect)
 	}
@@ -373,7 +373,7 @@ func (n *Node) Leader() (name, adminAddr string) {
 		return "", ""
 	}
 	if id == n.cfg.Name {
-		return id, n.AdminAddr()
+		return id, n.advertisedAdmin()
 	}
 	if n.gossip != nil {
 		for _, m := range n.gossip.Members() {
