@@ -112,9 +112,9 @@ func testPartition(t *testing.T, c *cluster) {
 		t.Fatalf("isolated node at config index %d, majority at %d: the partition did not hold", stale.Index, want.Index)
 	}
 	// Traffic through the isolated node, on its last config, under load.
-	before := ld.servedBy("b1")[isolated]
+	before := ld.servedVia(isolated)
 	ld.waitRequests(t, 300, 30*time.Second)
-	if after := ld.servedBy("b1")[isolated]; after == before {
+	if after := ld.servedVia(isolated); after == before {
 		t.Errorf("the isolated node served nothing while cut off")
 	}
 

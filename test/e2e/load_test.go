@@ -157,9 +157,11 @@ func (l *loadGen) once(ctx context.Context, addr string) (backend string, retry 
 		if !reused && !answered && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)) {
 			return "", true, err
 		}
-		// A draining node closes idle keep-alive connections; one closed
-		// just as the request went out was idle, so it read nothing.
-		if reused && !answered && strings.Contains(err.Error(), "server closed idle connection") {
+		// The transport's name for a connection the other end closed
+		// before the request was read: a keep-alive connection a draining
+		// node closed as idle just as the request went out, or a fresh one
+		// docker's proxy closed at once.
+		if !answered && strings.Contains(err.Error(), "server closed idle connection") {
 			return "", true, err
 		}
 		return "", false, err
@@ -206,6 +208,16 @@ func (l *loadGen) servedBy(backend string) map[string]int {
 		out[n] = m[backend]
 	}
 	return out
+}
+
+// servedVia is how many answers came through node n so far.
+func (l *loadGen) servedVia(n string) (total int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, k := range l.served[n] {
+		total += k
+	}
+	return total
 }
 
 // waitRequests waits until at least n more requests completed, so that a
