@@ -51,10 +51,11 @@ func others(n string) []string {
 	return slices.DeleteFunc(slices.Clone(nodes), func(x string) bool { return x == n })
 }
 
-// testPartition cuts the leader off the cluster network. The majority must
-// elect a new leader and accept writes, the isolated node must keep
-// proxying on its last config and refuse writes with 503, and once
-// reconnected it must catch up by itself.
+// testPartition cuts the leader off the cluster network for longer than
+// memberlist remembers dead members. The majority must elect a new leader
+// and accept writes, the isolated node must keep proxying on its last
+// config and refuse writes with 503, and once reconnected it must catch up
+// and merge back into the gossip cluster by itself.
 func testPartition(t *testing.T, c *cluster) {
 	ctx := context.Background()
 	isolated := c.leader(nodes[0])
@@ -118,6 +119,19 @@ func testPartition(t *testing.T, c *cluster) {
 		t.Errorf("the isolated node served nothing while cut off")
 	}
 
+	// Hold the partition until memberlist on the isolated side has
+	// forgotten its peers (GossipToTheDeadTime, 30 s): after that only
+	// the nodes' own reconnect can merge the gossip cluster again.
+	toForget := eventually(t, 90*time.Second, "the isolated node forgets its peers", func() error {
+		ms, err := c.members(isolated)
+		if err != nil {
+			return err
+		}
+		if len(ms) > 1 {
+			return fmt.Errorf("%s still lists %d members", isolated, len(ms))
+		}
+		return nil
+	})
 	c.heal(isolated)
 	healed = true
 	partitioned := time.Since(cut)
@@ -131,6 +145,24 @@ func testPartition(t *testing.T, c *cluster) {
 		}
 		return nil
 	})
+	toMerge := eventually(t, 60*time.Second, "gossip merged again (3 alive members on every node)", func() error {
+		for _, n := range nodes {
+			ms, err := c.members(n)
+			if err != nil {
+				return err
+			}
+			alive := 0
+			for _, m := range ms {
+				if m.Status == "alive" {
+					alive++
+				}
+			}
+			if alive != len(nodes) {
+				return fmt.Errorf("%s sees %d alive members", n, alive)
+			}
+		}
+		return nil
+	})
 	c.waitHealthy(60 * time.Second)
 	final, _ := c.config(isolated)
 	if w := weights(final); w["b1"] != 7 || w["b2"] != 4 {
@@ -140,8 +172,8 @@ func testPartition(t *testing.T, c *cluster) {
 	if n := ld.report(t); n > 0 {
 		t.Errorf("%d requests failed during the partition; want none (the isolated node keeps proxying)", n)
 	}
-	t.Logf("partition: majority accepted a write %.2fs after the cut; isolated node refused with 503 after %.2fs; partition lasted %.1fs; caught up %.2fs after reconnecting (index %d -> %d)",
-		toMajority.Seconds(), toRefuse.Seconds(), partitioned.Seconds(), toCatchUp.Seconds(), stale.Index, want.Index)
+	t.Logf("partition: majority accepted a write %.2fs after the cut; isolated node refused with 503 after %.2fs; partition held %.1fs, until the isolated node had forgotten its peers (%.1fs after the checks above); after reconnecting: config caught up in %.2fs (index %d -> %d), gossip merged in %.2fs",
+		toMajority.Seconds(), toRefuse.Seconds(), partitioned.Seconds(), toForget.Seconds(), toCatchUp.Seconds(), stale.Index, want.Index, toMerge.Seconds())
 	restoreWeights(t, c)
 }
 
