@@ -1,13 +1,21 @@
 # The Makefile is the CI: .ci/run calls `make lint test`.
 GO        ?= go
 BIN       := bin/balancer
+IMAGE     ?= balancer:dev
+DOCKER    ?= docker
 STATICCHECK_VERSION := v0.8.2
 PKGS      := ./...
 
-.PHONY: build run test lint tidy fuzz integ bench clean tools certs
+.PHONY: build image run test lint tidy fuzz integ bench clean tools certs
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/balancer
+
+# image: the static binary in a FROM scratch image (deploy/Dockerfile), for
+# deploy/compose.yaml. The build context holds only what the image needs.
+image: build
+	rm -rf bin/image && mkdir -p bin/image/data && cp $(BIN) bin/image/
+	$(DOCKER) build -f deploy/Dockerfile -t $(IMAGE) bin/image
 
 # run: the main job — a local demo (see README).
 run: build

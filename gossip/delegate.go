@@ -135,6 +135,7 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 	r.node = copyNode(n)
 	r.meta = meta
 	r.state, r.since, r.bye = StateAlive, now, false
+	delete(g.lost, n.Name)
 	if n.Name != g.cfg.Name {
 		g.force.Store(true)
 		select {
@@ -159,6 +160,12 @@ func (d *delegate) NotifyLeave(n *memberlist.Node) {
 	r.state = StateDead
 	if r.bye || n.Name == g.cfg.Name {
 		r.state = StateLeft
+		delete(g.lost, n.Name)
+	} else {
+		if g.lost == nil { // a Gossip not made by New (tests of the view)
+			g.lost = make(map[string]lostMember)
+		}
+		g.lost[n.Name] = lostMember{addr: n.Address(), since: now}
 	}
 	r.since = now
 	r.report, r.pend = nil, nil

@@ -96,6 +96,9 @@ type Gossip struct {
 	mu    sync.Mutex
 	nodes map[string]*nodeRec // guarded by mu: members and report origins
 	subs  []chan struct{}     // guarded by mu
+	// lost holds the members memberlist declared dead (not left), by name,
+	// for reconnectLoop; a member's join removes it.
+	lost map[string]lostMember // guarded by mu
 
 	lifeMu sync.Mutex
 	life   int // guarded by lifeMu: lifeNew, lifeRunning, lifeDone
@@ -179,6 +182,7 @@ func New(cfg Config) (*Gossip, error) {
 		wake:     make(chan struct{}, 1),
 		conflict: make(chan string, 1),
 		nodes:    make(map[string]*nodeRec),
+		lost:     make(map[string]lostMember),
 	}
 	// A per-process start value: a restarted node's seqs are higher than
 	// anything its previous process sent (rounds are >= 1ms apart, far
@@ -258,6 +262,7 @@ func (g *Gossip) Run(ctx context.Context) error {
 	wg.Go(func() { g.sendLoop(loops) })
 	wg.Go(func() { g.evictLoop(loops) })
 	wg.Go(func() { g.repairLoop(loops) })
+	wg.Go(func() { g.reconnectLoop(loops) })
 	<-ctx.Done()
 	cancel()
 	wg.Wait()
@@ -367,6 +372,69 @@ func (g *Gossip) repairLoop(ctx context.Context) {
 		next = time.Now().Add(backoff)
 		backoff = min(2*backoff, 10*g.probe)
 	}
+}
+
+// lostMember is a member declared dead: where it was, and since when.
+type lostMember struct {
+	addr  string
+	since time.Time
+}
+
+// reconnectFor bounds how long a dead member is tried again (serf's
+// default reconnect timeout); reconnectDial bounds the connect that probes
+// it first, so that a stop never waits on memberlist's Join to a dead
+// address (TCPTimeout, 10 s on a LAN).
+const (
+	reconnectFor  = 72 * time.Hour
+	reconnectDial = 500 * time.Millisecond
+)
+
+// reconnectLoop re-joins members that memberlist declared dead, every 5
+// probe intervals. After a partition that outlasts GossipToTheDeadTime
+// (30 s on a LAN) memberlist on both sides has forgotten the other: it
+// probes, gossips and push-pulls only with members it believes alive, so
+// the cluster would stay split in two after the network healed (raft
+// reconnects by itself; the load view and shared circuits would not).
+// serf's reconnect exists for the same reason.
+func (g *Gossip) reconnectLoop(ctx context.Context) {
+	t := time.NewTicker(5 * g.probe)
+	defer t.Stop()
+	d := net.Dialer{Timeout: reconnectDial}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for name, addr := range g.lostAddrs(time.Now()) {
+			c, err := d.DialContext(ctx, "tcp", addr)
+			if err != nil {
+				continue // still unreachable
+			}
+			c.Close()
+			if _, err := g.ml.Join([]string{addr}); err != nil {
+				g.log.Debug("gossip reconnect failed", "node", name, "addr", addr, "err", flatten(err))
+				continue
+			}
+			g.log.Info("reconnected to a member declared dead (a healed partition)", "node", name, "addr", addr)
+		}
+	}
+}
+
+// lostAddrs returns the addresses of the members to try again, and drops
+// those lost for longer than reconnectFor.
+func (g *Gossip) lostAddrs(now time.Time) map[string]string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make(map[string]string, len(g.lost))
+	for name, l := range g.lost {
+		if now.Sub(l.since) > reconnectFor {
+			delete(g.lost, name)
+			continue
+		}
+		out[name] = l.addr
+	}
+	return out
 }
 
 // reclaimGiveUp bounds the re-joins after a name conflict.

@@ -517,3 +517,41 @@ func TestMemberlistLogsGoToSlog(t *testing.T) {
 		t.Errorf("memberlist's startup line not in slog output:\n%s", out)
 	}
 }
+
+// A member declared dead and then forgotten (a partition that outlasted
+// GossipToTheDeadTime) is joined again once it answers: here it comes back
+// on its address knowing no one, as the far side of a healed partition
+// does, and only the others' reconnect can merge the two.
+func TestReconnectAfterForgotten(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out memberlist's GossipToTheDeadTime (15 s)")
+	}
+	nodes := startCluster(t, 2, nil)
+	victim := nodes[1]
+	addr := victim.Addr()
+	if err := victim.crash(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	waitFor(t, 60*time.Second, "the victim declared dead and then forgotten", func() error {
+		for _, m := range nodes[0].Members() {
+			if m.Name == victim.name {
+				return fmt.Errorf("still listed as %s", m.State)
+			}
+		}
+		return nil
+	})
+	cfg := testConfig(t, victim.name)
+	cfg.Bind = addr
+	back := start(t, cfg)
+	began := time.Now()
+	waitFor(t, 30*time.Second, "the victim alive again on both sides", func() error {
+		if s := memberState(nodes[0], victim.name); s != StateAlive {
+			return fmt.Errorf("%s lists %s as %q", nodes[0].name, victim.name, s)
+		}
+		if s := memberState(back, nodes[0].name); s != StateAlive {
+			return fmt.Errorf("%s lists %s as %q", victim.name, nodes[0].name, s)
+		}
+		return nil
+	})
+	t.Logf("merged %v after the victim came back", time.Since(began).Round(time.Millisecond))
+}

@@ -34,15 +34,19 @@ const MaxWeight = consensus.MaxWeight
 
 // Config configures a node.
 type Config struct {
-	Name     string               // unique node name
-	Listen   string               // client traffic listener, HOST:PORT
-	Admin    string               // admin API listener, HOST:PORT
-	DataDir  string               // state on disk; created if missing
-	Backends []proxy.Backend      // static backends
-	Proxy    proxy.Config         // mode, algorithm, timeouts
-	Breaker  breaker.Config       // circuit thresholds
-	Logger   *slog.Logger         // nil: discard
-	Registry *prometheus.Registry // nil: a fresh one per node
+	Name   string // unique node name
+	Listen string // client traffic listener, HOST:PORT
+	Admin  string // admin API listener, HOST:PORT
+	// AdminAdvertise is the admin HOST:PORT peers forward writes to, when
+	// the listener's own address is not one they can dial (a wildcard
+	// bind, a container with several networks). Empty: the bound address.
+	AdminAdvertise string
+	DataDir        string               // state on disk; created if missing
+	Backends       []proxy.Backend      // static backends
+	Proxy          proxy.Config         // mode, algorithm, timeouts
+	Breaker        breaker.Config       // circuit thresholds
+	Logger         *slog.Logger         // nil: discard
+	Registry       *prometheus.Registry // nil: a fresh one per node
 	// Gossip joins the node to a cluster when Gossip.Bind is set (-gossip);
 	// Name, Logger and Meta are filled in by the node.
 	Gossip gossip.Config
@@ -106,6 +110,14 @@ func (c Config) Validate() error {
 	}
 	if err := validateHostPort("-admin", c.Admin); err != nil {
 		return err
+	}
+	if c.AdminAdvertise != "" {
+		if err := validateHostPort("-admin-advertise", c.AdminAdvertise); err != nil {
+			return err
+		}
+		if h, _, _ := net.SplitHostPort(c.AdminAdvertise); h == "" || h == "0.0.0.0" || h == "::" {
+			return fmt.Errorf("-admin-advertise %q: peers cannot dial a wildcard address", c.AdminAdvertise)
+		}
 	}
 	if c.DataDir == "" {
 		return errors.New("-data-dir: a directory is required")
@@ -345,13 +357,23 @@ func (n *Node) Addr() string { return n.traffic.Addr().String() }
 // AdminAddr is the bound admin address.
 func (n *Node) AdminAddr() string { return n.adminLn.Addr().String() }
 
-// AdminURL is the admin API's base URL: https:// with -tls-cert. Peers
-// learn it by gossip, so a follower forwards writes with the right scheme.
+// AdminURL is the admin API's base URL as peers reach it: https:// with
+// -tls-cert. Peers learn it by gossip, so a follower forwards writes with
+// the right scheme.
 func (n *Node) AdminURL() string {
 	if n.tls.admin != nil {
-		return "https://" + n.AdminAddr()
+		return "https://" + n.advertisedAdmin()
 	}
-	return "http://" + n.AdminAddr()
+	return "http://" + n.advertisedAdmin()
+}
+
+// advertisedAdmin is the admin HOST:PORT peers use: -admin-advertise, or the
+// bound address.
+func (n *Node) advertisedAdmin() string {
+	if n.cfg.AdminAdvertise != "" {
+		return n.cfg.AdminAdvertise
+	}
+	return n.AdminAddr()
 }
 
 // Name is the node's name.

@@ -372,6 +372,8 @@ func TestConfigValidate(t *testing.T) {
 		{"no name", func(c *Config) { c.Name = "" }, "-node"},
 		{"bad listen", func(c *Config) { c.Listen = "8080" }, "-listen"},
 		{"bad admin", func(c *Config) { c.Admin = "localhost" }, "-admin"},
+		{"admin advertise no port", func(c *Config) { c.AdminAdvertise = "10.0.0.1" }, "-admin-advertise"},
+		{"admin advertise wildcard", func(c *Config) { c.AdminAdvertise = "0.0.0.0:9090" }, "wildcard"},
 		{"bad id", func(c *Config) { c.Backends[0].ID = "a/b" }, "backend id"},
 		{"no port", func(c *Config) { c.Backends[0].Address = "10.0.0.1" }, "HOST:PORT"},
 		{"weight high", func(c *Config) { c.Backends[0].Weight = MaxWeight + 1 }, "weight"},

@@ -169,7 +169,7 @@ func (n *Node) adminAdvertised() string {
 	if n.tls.admin != nil {
 		return n.AdminURL()
 	}
-	return n.AdminAddr()
+	return n.advertisedAdmin()
 }
 
 func (n *Node) meta() map[string]string {
@@ -518,7 +518,7 @@ func (n *Node) Leader() (name, admin string) {
 		return "", ""
 	}
 	if id == n.cfg.Name {
-		return id, n.AdminAddr()
+		return id, n.adminAdvertised()
 	}
 	if n.gossip != nil {
 		for _, m := range n.gossip.Members() {

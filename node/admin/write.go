@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -37,6 +38,8 @@ const (
 	// forwardSlack is added to a forwarded write's own bounds (applyTimeout
 	// and the applied wait) to bound the forward to the leader.
 	forwardSlack = 5 * time.Second
+	// forwardDialTimeout bounds connecting to the leader's admin API.
+	forwardDialTimeout = 2 * time.Second
 	// maxForwardAnswer bounds the leader's answer a follower relays.
 	maxForwardAnswer = 1 << 20
 
@@ -61,15 +64,17 @@ type api struct {
 // never follows redirects: the leader's answer is relayed as it is. Each
 // forward is bounded by its request's context.
 func newForwardClient(tlsCfg *tls.Config) *http.Client {
-	c := &http.Client{
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	// The leader is a peer on the cluster's network: it accepts a
+	// connection at once or it is gone. Without a bound, a leader killed
+	// with its address left unanswered (no RST) held every forwarded write
+	// for the whole forward bound (15 s) after a fail-over.
+	tr.DialContext = (&net.Dialer{Timeout: forwardDialTimeout, KeepAlive: 30 * time.Second}).DialContext
+	tr.TLSClientConfig = tlsCfg
+	return &http.Client{
+		Transport:     tr,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-	if tlsCfg != nil {
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.TLSClientConfig = tlsCfg
-		c.Transport = tr
-	}
-	return c
 }
 
 // adminBase turns an advertised admin address into a base URL: a bare
@@ -266,6 +271,13 @@ func (a *api) forward(w http.ResponseWriter, r *http.Request, body []byte, opts 
 	}
 	req.Header.Set(headerForwarded, a.s.Node)
 	resp, err := a.fwd.Do(req)
+	var dialErr *net.OpError
+	if errors.As(err, &dialErr) && dialErr.Op == "dial" {
+		// Nothing was sent, so the write did not happen: a definite answer
+		// the client can retry, not an unknown outcome.
+		writeErr(w, fmt.Errorf("no leader: %s could not connect to the leader %s at %s, so the write was not applied; retry shortly: %v: %w", a.s.Node, name, addr, err, consensus.ErrNoLeader), 0)
+		return
+	}
 	if err != nil {
 		writeErr(w, fmt.Errorf("%w: %s forwarded this write to the leader %s at %s and got no answer, so its outcome is unknown: %v", errForward, a.s.Node, name, addr, err), 0)
 		return

@@ -546,7 +546,8 @@ func TestForwardLeaderUnknownOrDown(t *testing.T) {
 		t.Errorf("error %q", eb.Error)
 	}
 
-	// A leader whose admin port refuses connections.
+	// A leader whose admin port refuses connections: nothing was sent, so
+	// the answer says the write was not applied.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -555,7 +556,7 @@ func TestForwardLeaderUnknownOrDown(t *testing.T) {
 	ln.Close()
 	f.set(func(f *fakeWriter) { f.leaderName, f.leaderAddr = "gone", dead })
 	eb = checkErrorAnswer(t, call(t, srv.URL, "DELETE", "/v1/backends/web1", "", nil), http.StatusServiceUnavailable)
-	if !strings.Contains(eb.Error, "gone") || !strings.Contains(eb.Error, "outcome is unknown") {
+	if !strings.HasPrefix(eb.Error, "no leader: ") || !strings.Contains(eb.Error, "gone") || !strings.Contains(eb.Error, "not applied") {
 		t.Errorf("error %q", eb.Error)
 	}
 }
