@@ -13,9 +13,10 @@ import "errors"
 //
 // ErrNoLeader also covers the cases where a write was proposed but its outcome
 // is unknown (leadership lost before commit, the caller's deadline passed, the
-// store shut down); the message says so, and errors.Is additionally matches the
-// cause (raft.ErrLeadershipLost, context.DeadlineExceeded, ErrClosed). Make
-// such retries idempotent with Command.If.
+// store shut down); then errors.Is also matches ErrOutcomeUnknown and the
+// cause (raft.ErrLeadershipLost, context.DeadlineExceeded, ErrClosed). Without
+// ErrOutcomeUnknown the write was not applied. Make retries of unknown
+// outcomes idempotent with Command.If.
 var (
 	ErrInvalid        = errors.New("invalid command")
 	ErrUnknownBackend = errors.New("unknown backend")
@@ -23,6 +24,9 @@ var (
 	ErrNotLeader      = errors.New("not the raft leader")
 	ErrNoLeader       = errors.New("no raft leader (no quorum or election in progress)")
 	ErrClosed         = errors.New("consensus store closed")
+	// ErrOutcomeUnknown marks a failed write that was proposed to raft and
+	// may still commit: a client cannot tell whether it happened.
+	ErrOutcomeUnknown = errors.New("outcome unknown")
 )
 
 // ErrPeerTLS is returned by AddVoter when the new server fails the raft

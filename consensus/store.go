@@ -346,6 +346,9 @@ func (s *Store) Apply(ctx context.Context, c Command) (Result, error) {
 	}
 	f := s.raft.Apply(data, enqueueTimeout(ctx))
 	if err := s.await(ctx, f); err != nil {
+		if proposed(err) {
+			return Result{}, fmt.Errorf("%w (%w)", s.mapErr(err), ErrOutcomeUnknown)
+		}
 		return Result{}, s.mapErr(err)
 	}
 	resp, ok := f.Response().(applyResult)
@@ -667,6 +670,15 @@ func (s *Store) notLeader() error {
 
 // mapErr translates raft's and the context's errors into the package's
 // contract errors, keeping the cause matchable.
+// proposed reports whether an Apply that failed with err may still commit:
+// the entry reached raft's log (or may have) before the failure. Not leader,
+// a leadership transfer and an enqueue timeout all fail before that.
+func proposed(err error) bool {
+	return errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrAbortedByRestore) ||
+		errors.Is(err, raft.ErrRaftShutdown) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, context.Canceled)
+}
+
 func (s *Store) mapErr(err error) error {
 	switch {
 	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):

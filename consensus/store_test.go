@@ -150,6 +150,11 @@ func TestCluster(t *testing.T) {
 	if !errors.Is(err, ErrNoLeader) && !errors.Is(err, ErrNotLeader) {
 		t.Fatalf("write without quorum = %v, want ErrNoLeader or ErrNotLeader", err)
 	}
+	// Proposed to a leader that then lost its quorum, the write may still
+	// commit if the others come back: the error must say so.
+	if !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrOutcomeUnknown) {
+		t.Errorf("write proposed without quorum = %v, want it marked ErrOutcomeUnknown", err)
+	}
 	t.Logf("write without quorum refused after %v: %v", time.Since(start).Round(time.Millisecond), err)
 	waitFor(t, 5*time.Second, "survivor steps down", func() error {
 		if survivor.IsLeader() {
@@ -158,6 +163,9 @@ func TestCluster(t *testing.T) {
 		_, err := survivor.Apply(ctxTimeout(t, time.Second), SetWeight("a", 1))
 		if !errors.Is(err, ErrNoLeader) {
 			return fmt.Errorf("apply = %v", err)
+		}
+		if errors.Is(err, ErrOutcomeUnknown) {
+			return fmt.Errorf("a write refused by a follower is definitely not applied: %v", err)
 		}
 		return nil
 	})

@@ -77,6 +77,9 @@ type Error struct {
 	// Index is the config index the answer carried (409 and 404 from the
 	// leader), or 0.
 	Index uint64
+	// Outcome, on a 5xx answer to a write, is OutcomeNotApplied (safe to
+	// retry) or OutcomeUnknown (it may still commit).
+	Outcome string
 }
 
 func (e *Error) Error() string {
@@ -251,7 +254,7 @@ func (c *Client) do(ctx context.Context, method, path string, body any, hdr http
 		e := &Error{Method: method, Path: path, Status: resp.StatusCode, Message: http.StatusText(resp.StatusCode)}
 		var eb errorBody
 		if json.Unmarshal(ans, &eb) == nil && eb.Error != "" {
-			e.Message, e.Index = eb.Error, eb.Index
+			e.Message, e.Index, e.Outcome = eb.Error, eb.Index, eb.Outcome
 		} else if txt := strings.TrimSpace(string(ans)); txt != "" && len(txt) <= 200 && utf8.ValidString(txt) && !strings.ContainsAny(txt, "<>") {
 			// Not our JSON: a short plain-text answer (net/http's "Client
 			// sent an HTTP request to an HTTPS server", a proxy's note)

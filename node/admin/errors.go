@@ -24,6 +24,29 @@ var (
 type errorBody struct {
 	Error string `json:"error"`
 	Index uint64 `json:"index,omitempty"`
+	// Outcome tells a client of a 5xx answer whether a retry is safe:
+	// "not-applied" (nothing changed) or "unknown" (the write was proposed
+	// and may still commit: read the config, or retry with If-Match).
+	Outcome string `json:"outcome,omitempty"`
+}
+
+// Outcomes of a failed write, for errorBody.Outcome.
+const (
+	OutcomeNotApplied = "not-applied"
+	OutcomeUnknown    = "unknown"
+)
+
+// outcomeOf classifies a 5xx answer; 4xx answers change nothing by their
+// status alone.
+func outcomeOf(err error, status int) string {
+	switch {
+	case status < 500:
+		return ""
+	case status == http.StatusServiceUnavailable && !errors.Is(err, consensus.ErrOutcomeUnknown) &&
+		!errors.Is(err, errForward) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled):
+		return OutcomeNotApplied
+	}
+	return OutcomeUnknown
 }
 
 // httpError is the one place that maps an error to an HTTP status and the
@@ -71,5 +94,5 @@ func writeErr(w http.ResponseWriter, err error, index uint64) {
 	if index > 0 {
 		w.Header().Set(headerConfigIndex, strconv.FormatUint(index, 10))
 	}
-	writeJSON(w, status, errorBody{Error: msg, Index: index})
+	writeJSON(w, status, errorBody{Error: msg, Index: index, Outcome: outcomeOf(err, status)})
 }

@@ -300,15 +300,17 @@ func TestApplyErrorsMapped(t *testing.T) {
 		err      error
 		want     int
 		contains string
+		outcome  string
 	}{
-		{"invalid", fmt.Errorf("%w: weight", consensus.ErrInvalid), 400, "weight"},
-		{"unknown", consensus.ErrUnknownBackend, 404, ""},
-		{"conflict", consensus.ErrConflict, 409, ""},
-		{"no leader", consensus.ErrNoLeader, 503, "no raft leader"},
-		{"closed", fmt.Errorf("%w: %w", consensus.ErrNoLeader, consensus.ErrClosed), 503, "closed"},
-		{"store deadline", fmt.Errorf("%w: not committed before the deadline; it may still be applied: %w", consensus.ErrNoLeader, context.DeadlineExceeded), 503, "may still be applied"},
-		{"raw deadline", context.DeadlineExceeded, 503, "outcome is unknown"},
-		{"other", errBoom, 500, "boom"},
+		{"invalid", fmt.Errorf("%w: weight", consensus.ErrInvalid), 400, "weight", ""},
+		{"unknown", consensus.ErrUnknownBackend, 404, "", ""},
+		{"conflict", consensus.ErrConflict, 409, "", ""},
+		{"no leader", consensus.ErrNoLeader, 503, "no raft leader", OutcomeNotApplied},
+		{"closed before proposing", fmt.Errorf("%w: %w", consensus.ErrNoLeader, consensus.ErrClosed), 503, "closed", OutcomeNotApplied},
+		{"leadership lost", fmt.Errorf("%w: leadership lost before the change committed (%w)", consensus.ErrNoLeader, consensus.ErrOutcomeUnknown), 503, "leadership lost", OutcomeUnknown},
+		{"store deadline", fmt.Errorf("%w: not committed before the deadline; it may still be applied: %w (%w)", consensus.ErrNoLeader, context.DeadlineExceeded, consensus.ErrOutcomeUnknown), 503, "may still be applied", OutcomeUnknown},
+		{"raw deadline", context.DeadlineExceeded, 503, "outcome is unknown", OutcomeUnknown},
+		{"other", errBoom, 500, "boom", OutcomeUnknown},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -318,6 +320,9 @@ func TestApplyErrorsMapped(t *testing.T) {
 			eb := checkErrorAnswer(t, call(t, srv.URL, "DELETE", "/v1/backends/web1", "", nil), c.want)
 			if !strings.Contains(eb.Error, c.contains) {
 				t.Errorf("error %q does not mention %q", eb.Error, c.contains)
+			}
+			if eb.Outcome != c.outcome {
+				t.Errorf("outcome %q, want %q: a client must know whether a retry is safe", eb.Outcome, c.outcome)
 			}
 		})
 	}
@@ -556,8 +561,8 @@ func TestForwardLeaderUnknownOrDown(t *testing.T) {
 	ln.Close()
 	f.set(func(f *fakeWriter) { f.leaderName, f.leaderAddr = "gone", dead })
 	eb = checkErrorAnswer(t, call(t, srv.URL, "DELETE", "/v1/backends/web1", "", nil), http.StatusServiceUnavailable)
-	if !strings.HasPrefix(eb.Error, "no leader: ") || !strings.Contains(eb.Error, "gone") || !strings.Contains(eb.Error, "not applied") {
-		t.Errorf("error %q", eb.Error)
+	if !strings.HasPrefix(eb.Error, "no leader: ") || !strings.Contains(eb.Error, "gone") || !strings.Contains(eb.Error, "not applied") || eb.Outcome != OutcomeNotApplied {
+		t.Errorf("error %q, outcome %q", eb.Error, eb.Outcome)
 	}
 }
 

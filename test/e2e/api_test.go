@@ -95,9 +95,11 @@ func (o writeOutcome) String() string {
 }
 
 // setWeight sends PUT /v1/backends/{id}/weight to node n. 2xx is acked;
-// 4xx, and a connection refused before anything was sent, are definite
-// failures; a 5xx (503 can mean "forwarded, outcome unknown"), a timeout or
-// a reset may or may not have been applied.
+// 4xx, a 5xx whose answer says "outcome": "not-applied", and a connection
+// refused before anything was sent are definite failures; any other 5xx, a
+// timeout or a reset may or may not have been applied. The final check
+// holds the API to its word: a write it called not applied must not be in
+// the final config.
 func (c *cluster) setWeight(ctx context.Context, n, id string, weight int32, timeout time.Duration) (writeOutcome, int, string) {
 	return c.setWeightAt(ctx, c.admin(n), id, weight, timeout)
 }
@@ -127,6 +129,12 @@ func (c *cluster) setWeightAt(ctx context.Context, base, id string, weight int32
 	case 2:
 		return acked, resp.StatusCode, ""
 	case 4:
+		return failed, resp.StatusCode, msg
+	}
+	var eb struct {
+		Outcome string `json:"outcome"`
+	}
+	if json.Unmarshal(b, &eb) == nil && eb.Outcome == "not-applied" {
 		return failed, resp.StatusCode, msg
 	}
 	return indeterminate, resp.StatusCode, msg

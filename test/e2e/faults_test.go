@@ -446,24 +446,43 @@ func testNodeKilled(t *testing.T, c *cluster) {
 	survivors := others(victim)
 	ld := startLoad(c, survivors, loadWorkers, loadPause)
 	ld.waitRequests(t, 300, 30*time.Second)
-	c.kill(victim)
-	t.Logf("killed %s (a follower)", victim)
-	toLeaveView := eventually(t, 30*time.Second, victim+"'s counts leave the survivors' /v1/load", func() error {
+	// inView reports which survivors still hold a report of the victim's.
+	inView := func() ([]string, error) {
+		var holders []string
 		for _, s := range survivors {
 			l, err := c.load(s)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			for _, b := range l.Backends {
-				for _, p := range b.Peers {
-					if p.Node == victim {
-						return fmt.Errorf("%s still counts %s's report for %s (%d, %d ms old)", s, victim, b.ID, p.Count, p.AgeMS)
-					}
+				if slices.ContainsFunc(b.Peers, func(p admin.PeerLoad) bool { return p.Node == victim }) {
+					holders = append(holders, s)
+					break
 				}
 			}
 		}
-		return nil
+		return holders, nil
+	}
+	// The check below must be able to fail: first the victim's report is
+	// in every survivor's view.
+	eventually(t, 30*time.Second, victim+"'s report in every survivor's /v1/load", func() error {
+		h, err := inView()
+		if err == nil && len(h) != len(survivors) {
+			err = fmt.Errorf("only %v hold it", h)
+		}
+		return err
 	})
+	killed := time.Now()
+	c.kill(victim)
+	t.Logf("killed %s (a follower)", victim)
+	eventually(t, 30*time.Second, victim+"'s counts leave the survivors' /v1/load", func() error {
+		h, err := inView()
+		if err == nil && len(h) > 0 {
+			err = fmt.Errorf("%v still count %s's report", h, victim)
+		}
+		return err
+	})
+	toLeaveView := time.Since(killed)
 	toDead := eventually(t, 60*time.Second, victim+" declared dead by the survivors", func() error {
 		for _, s := range survivors {
 			ms, err := c.members(s)
