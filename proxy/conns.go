@@ -665,6 +665,11 @@ func (u *upgradedConn) Read(p []byte) (int, error) {
 }
 
 func (u *upgradedConn) Write(p []byte) (int, error) {
+	if u.idle > 0 {
+		// A backend that takes none of the client's bytes for the idle
+		// timeout ends the tunnel too.
+		_ = u.bc.c.SetWriteDeadline(time.Now().Add(u.idle))
+	}
 	n, err := u.bc.c.Write(p)
 	if n > 0 {
 		u.touch()

@@ -125,13 +125,31 @@ func (cw *clientWriter) Unwrap() http.ResponseWriter { return cw.ResponseWriter 
 
 // Hijack hands the client connection over for a switched protocol, whose
 // bytes ReverseProxy copies without this writer: the HTTP exchange's
-// deadline must not cut a long-lived WebSocket.
+// deadline must not cut a long-lived WebSocket. Silence is the tunnel's
+// idle timeout's business (upgradedConn); here each write to the client
+// must make progress within the client idle timeout, or a client that stops
+// reading would hold the tunnel, and its backend, forever.
 func (cw *clientWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	c, brw, err := cw.ctl.Hijack()
-	if err == nil {
-		_ = c.SetDeadline(time.Time{})
+	if err != nil {
+		return c, brw, err
 	}
-	return c, brw, err
+	_ = c.SetDeadline(time.Time{})
+	return &stallConn{Conn: c, stall: cw.idle}, brw, nil
+}
+
+// stallConn bounds each write by stall: a peer that takes none of it for
+// that long fails the write.
+type stallConn struct {
+	net.Conn
+	stall time.Duration
+}
+
+func (c *stallConn) Write(p []byte) (int, error) {
+	if c.stall > 0 {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.stall))
+	}
+	return c.Conn.Write(p)
 }
 
 // RoundTrip sends one proxied request to a backend, retrying connect

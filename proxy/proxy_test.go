@@ -723,3 +723,41 @@ func TestUpgradedConnectionIdleTimeout(t *testing.T) {
 	}
 	eventually(t, 2*time.Second, "in-flight 0 after the idle tunnel closed", func() bool { return totalInFlight(p) == 0 })
 }
+
+// A client that stops reading a tunnel whose backend keeps talking must not
+// hold the backend forever: the write to it stalls and the tunnel closes.
+func TestUpgradedConnectionClosesWhenClientStopsReading(t *testing.T) {
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: stream\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		chunk := make([]byte, 64<<10)
+		for {
+			if _, err := conn.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	defer be.Close()
+	cfg := DefaultConfig()
+	cfg.IdleTimeout, cfg.ClientIdleTimeout = 300*time.Millisecond, 300*time.Millisecond
+	p, url := startHTTP(t, cfg, []Route{route("a", hostPort(be.URL))}, nil)
+	conn, err := net.Dial("tcp", hostPort(url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "GET /s HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: stream\r\n\r\n")
+	if resp, err := http.ReadResponse(bufio.NewReader(conn), nil); err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade response %v %v", resp, err)
+	}
+	if n := totalInFlight(p); n != 1 {
+		t.Fatalf("in flight %d with the tunnel open, want 1", n)
+	}
+	// Read nothing more: the backend's stream fills the buffers.
+	eventually(t, 10*time.Second, "the tunnel of a client that reads nothing to close", func() bool { return totalInFlight(p) == 0 })
+}
