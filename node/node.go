@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/http"
 	"os"
 	"sort"
@@ -115,9 +116,13 @@ func (c Config) Validate() error {
 		if err := validateHostPort("-admin-advertise", c.AdminAdvertise); err != nil {
 			return err
 		}
-		if h, _, _ := net.SplitHostPort(c.AdminAdvertise); h == "" || h == "0.0.0.0" || h == "::" {
+		if wildcardHost(c.AdminAdvertise) {
 			return fmt.Errorf("-admin-advertise %q: peers cannot dial a wildcard address", c.AdminAdvertise)
 		}
+	} else if c.clustered() && wildcardHost(c.Admin) {
+		// Peers forward writes to the advertised admin address; a wildcard
+		// one would reach the forwarding node itself.
+		return fmt.Errorf("-admin %q: peers cannot dial a wildcard address; bind a specific IP or set -admin-advertise", c.Admin)
 	}
 	if c.DataDir == "" {
 		return errors.New("-data-dir: a directory is required")
@@ -179,6 +184,17 @@ func (c Config) Validate() error {
 
 // clustered reports whether the node gossips with peers.
 func (c Config) clustered() bool { return c.Gossip.Bind != "" }
+
+// wildcardHost reports whether HOST:PORT names no host (":9090") or an
+// unspecified address (0.0.0.0, ::, [::0]).
+func wildcardHost(hostport string) bool {
+	h, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(h)
+	return h == "" || err == nil && ip.IsUnspecified()
+}
 
 // gossipDefaults is gossip's defaults with the cluster off until -gossip.
 func gossipDefaults() gossip.Config {

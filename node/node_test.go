@@ -374,6 +374,10 @@ func TestConfigValidate(t *testing.T) {
 		{"bad admin", func(c *Config) { c.Admin = "localhost" }, "-admin"},
 		{"admin advertise no port", func(c *Config) { c.AdminAdvertise = "10.0.0.1" }, "-admin-advertise"},
 		{"admin advertise wildcard", func(c *Config) { c.AdminAdvertise = "0.0.0.0:9090" }, "wildcard"},
+		{"admin advertise wildcard v6", func(c *Config) { c.AdminAdvertise = "[::0]:9090" }, "wildcard"},
+		// In a cluster, peers dial the admin address to forward writes.
+		{"clustered wildcard admin", func(c *Config) { c.Gossip.Bind = "127.0.0.1:0"; c.Admin = ":9090" }, "-admin-advertise"},
+		{"clustered 0.0.0.0 admin", func(c *Config) { c.Gossip.Bind = "127.0.0.1:0"; c.Admin = "0.0.0.0:9090" }, "wildcard"},
 		{"bad id", func(c *Config) { c.Backends[0].ID = "a/b" }, "backend id"},
 		{"no port", func(c *Config) { c.Backends[0].Address = "10.0.0.1" }, "HOST:PORT"},
 		{"weight high", func(c *Config) { c.Backends[0].Weight = MaxWeight + 1 }, "weight"},
@@ -390,6 +394,12 @@ func TestConfigValidate(t *testing.T) {
 				t.Fatalf("got %v, want an error mentioning %q", err, tc.want)
 			}
 		})
+	}
+	// A lone node may bind its admin API anywhere: nobody forwards to it.
+	lone := testConfig(t, proxy.Backend{ID: "a", Address: "127.0.0.1:80", Weight: 1})
+	lone.Admin = "0.0.0.0:0"
+	if err := lone.Validate(); err != nil {
+		t.Errorf("a lone node with a wildcard admin address: %v", err)
 	}
 }
 

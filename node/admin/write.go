@@ -71,6 +71,7 @@ func newForwardClient(tlsCfg *tls.Config) *http.Client {
 	// for the whole forward bound (15 s) after a fail-over.
 	tr.DialContext = (&net.Dialer{Timeout: forwardDialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	tr.TLSClientConfig = tlsCfg
+	tr.Proxy = nil // peers talk directly, whatever HTTP_PROXY says
 	return &http.Client{
 		Transport:     tr,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
