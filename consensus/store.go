@@ -68,6 +68,9 @@ type Store struct {
 	obs     *raft.Observer
 	obsDone chan struct{} // closed when the observer loop has returned
 
+	hbMu     sync.Mutex           // guards hbFailed
+	hbFailed map[string]time.Time // peer -> last failed heartbeat from this node as leader
+
 	// changeMu serialises AddVoter and RemoveServer: raft allows one
 	// configuration change at a time, and prevIndex makes a racing one fail.
 	// It is held while waiting for raft, never while raft calls us.
@@ -152,7 +155,8 @@ func Open(o Options) (*Store, error) {
 	}
 	s.obs = raft.NewObserver(s.obsCh, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
-		case raft.LeaderObservation, raft.RaftState, raft.PeerObservation:
+		case raft.LeaderObservation, raft.RaftState, raft.PeerObservation,
+			raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation:
 			return true
 		}
 		return false
@@ -212,12 +216,28 @@ func listen(o Options, logger hclog.Logger, log *slog.Logger, stream **tlsStream
 	return trans, nil
 }
 
-// observe turns raft observations into coalesced leadership signals.
+// observe turns raft observations into coalesced leadership signals and
+// keeps track of the peers this node, as leader, fails to heartbeat.
 func (s *Store) observe() {
 	defer close(s.obsDone)
 	for {
 		select {
-		case <-s.obsCh:
+		case o := <-s.obsCh:
+			switch d := o.Data.(type) {
+			case raft.FailedHeartbeatObservation:
+				s.hbMu.Lock()
+				if s.hbFailed == nil {
+					s.hbFailed = make(map[string]time.Time)
+				}
+				s.hbFailed[string(d.PeerID)] = time.Now()
+				s.hbMu.Unlock()
+				continue
+			case raft.ResumedHeartbeatObservation:
+				s.hbMu.Lock()
+				delete(s.hbFailed, string(d.PeerID))
+				s.hbMu.Unlock()
+				continue
+			}
 			s.mu.Lock()
 			for _, ch := range s.leaderSubs {
 				select {
@@ -230,6 +250,25 @@ func (s *Store) observe() {
 			return
 		}
 	}
+}
+
+// heartbeatFailureWindow is how recent a failed heartbeat must be for
+// Unreachable: raft retries a failing peer at least every half heartbeat
+// timeout, or after a dial that may take the transport's 10 s timeout; a
+// lost "resumed" observation then expires instead of sticking.
+const heartbeatFailureWindow = 30 * time.Second
+
+// Unreachable reports whether this node, as leader, has recently failed to
+// heartbeat the server id: raft's own evidence that the server is gone, as
+// opposed to what gossip believes. Always false on a follower.
+func (s *Store) Unreachable(id string) bool {
+	if !s.IsLeader() {
+		return false
+	}
+	s.hbMu.Lock()
+	defer s.hbMu.Unlock()
+	at, ok := s.hbFailed[id]
+	return ok && time.Since(at) < heartbeatFailureWindow
 }
 
 // ID returns the node's raft server ID.

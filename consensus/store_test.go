@@ -422,3 +422,33 @@ func TestUnguardedBootstrapDiverges(t *testing.T) {
 	}
 	t.Logf("diverged for good (b got a's later entry: %v): this is why a node that joins must never bootstrap", bLater)
 }
+
+// The leader knows from raft itself which servers it cannot reach: the
+// evidence the node wants before reaping a server gossip calls dead.
+func TestLeaderSeesUnreachableServers(t *testing.T) {
+	c := newCluster(t, 3)
+	leader := c.waitLeader()
+	var followers []*Store
+	for _, s := range c.running() {
+		if s != leader {
+			followers = append(followers, s)
+		}
+	}
+	gone, alive := followers[0], followers[1]
+	if leader.Unreachable(gone.ID()) || leader.Unreachable(alive.ID()) {
+		t.Fatal("a healthy follower counts as unreachable")
+	}
+	c.stop(c.index(gone))
+	waitFor(t, 10*time.Second, "the leader to see the stopped follower unreachable", func() error {
+		if !leader.Unreachable(gone.ID()) {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if leader.Unreachable(alive.ID()) {
+		t.Error("the running follower counts as unreachable")
+	}
+	if alive.Unreachable(gone.ID()) {
+		t.Error("a follower has no heartbeat evidence and must say false")
+	}
+}

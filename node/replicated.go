@@ -391,7 +391,7 @@ func reconcileOver(ctx context.Context, err error) bool {
 const minVoters = 3
 
 // reapDead removes the raft servers whose nodes have been dead or absent
-// from gossip for ReapAfter. Without it a node lost for good would count
+// from gossip for ReapAfter and that the leader fails to heartbeat. Without it a node lost for good would count
 // towards quorum forever: its replacement (a new name) joins as an extra
 // voter, and a 4-voter cluster with one dead tolerates no further loss.
 // Left members are removed at once by reconcileVoters; a reaped node that
@@ -426,9 +426,12 @@ func (n *Node) reapDead(ctx context.Context, servers []consensus.Server) {
 			continue
 		}
 		since, seen := n.missing[s.ID]
-		if !seen {
+		switch {
+		case !seen:
 			n.missing[s.ID] = now
-		} else if now.Sub(since) >= n.cfg.ReapAfter {
+		case now.Sub(since) >= n.cfg.ReapAfter && n.store.Unreachable(s.ID):
+			// Gossip alone is not enough: a node on a stale gossip key is
+			// "dead" to gossip while raft still reaches it.
 			due = append(due, s.ID)
 		}
 	}
