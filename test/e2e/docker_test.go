@@ -11,10 +11,12 @@ import (
 	"math/big"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -45,17 +47,42 @@ func run(m *testing.M) int {
 		env.skip = err.Error() + "; the process-based variant of these fault tests is cmd/balancer/procs_test.go (node kill, leader kill, restart, minority), which needs no docker"
 		return m.Run()
 	}
-	defer func() {
-		env.mu.Lock()
-		left := make([]string, 0, len(env.projects))
-		for p := range env.projects {
-			left = append(left, p)
+	var once sync.Once
+	cleanup := func() {
+		once.Do(func() {
+			env.mu.Lock()
+			left := make([]string, 0, len(env.projects))
+			for p := range env.projects {
+				left = append(left, p)
+			}
+			env.mu.Unlock()
+			for _, p := range left {
+				downProject(p)
+			}
+			_ = exec.Command("docker", "rmi", "-f", env.image).Run()
+		})
+	}
+	defer cleanup()
+	// go test's timeout panics past every defer and t.Cleanup, and Ctrl-C
+	// kills the process: tear the projects down before either can leave
+	// containers, networks and volumes behind.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	var guard <-chan time.Time
+	if f := flag.Lookup("test.timeout"); f != nil {
+		if d, err := time.ParseDuration(f.Value.String()); err == nil && d > time.Minute {
+			guard = time.After(d - 30*time.Second)
 		}
-		env.mu.Unlock()
-		for _, p := range left {
-			downProject(p)
+	}
+	go func() {
+		select {
+		case <-sigs:
+		case <-guard:
+			fmt.Fprintln(os.Stderr, "e2e: the test timeout is near; tearing down the docker projects")
 		}
-		_ = exec.Command("docker", "rmi", "-f", env.image).Run()
+		cleanup()
+		os.Exit(2)
 	}()
 	return m.Run()
 }
