@@ -169,6 +169,7 @@ func testPartition(t *testing.T, c *cluster) {
 		t.Errorf("after healing: weights %v, want b1=7 (majority's write, not the isolated node's 9) and b2=4", w)
 	}
 	ld.stop()
+	ld.requireAllAccepted(t)
 	if n := ld.report(t); n > 0 {
 		t.Errorf("%d requests failed during the partition; want none (the isolated node keeps proxying)", n)
 	}
@@ -271,6 +272,7 @@ func testBackendKilled(t *testing.T, c *cluster) {
 	})
 	ld.stop()
 	failedN := ld.report(t)
+	ld.requireAllAccepted(t)
 	t.Logf("backend killed: circuit open on every node %.2fs after the kill (open on: %v); traffic back and every circuit closed %.2fs after docker start",
 		toOpen.Seconds(), openOn, toReturn.Seconds())
 	if bound := backendErrorBound(ld.sent.Load()); failedN > bound {
@@ -377,6 +379,7 @@ func testLeaderKilledDuringWrites(t *testing.T, c *cluster) {
 	stopWriters()
 	ld.stop()
 	failedN := ld.report(t)
+	ld.requireAllAccepted(t)
 
 	c.start(leader)
 	c.waitHealthy(90 * time.Second)
@@ -500,6 +503,7 @@ func testNodeKilled(t *testing.T, c *cluster) {
 	ld.waitRequests(t, 300, 30*time.Second)
 	ld.stop()
 	failedN := ld.report(t)
+	ld.requireAllAccepted(t)
 	t.Logf("node killed: its counts left the survivors' view %.2fs after the kill, declared dead after %.2fs", toLeaveView.Seconds(), toDead.Seconds())
 	if failedN > 0 {
 		t.Errorf("%d requests through the surviving nodes failed; want none", failedN)

@@ -254,3 +254,14 @@ func (l *loadGen) report(t testing.TB) int64 {
 	}
 	return l.failed.Load()
 }
+
+// requireAllAccepted fails the test if any request had to be retried on
+// another node. Where every node the load goes to stays up, a retry would
+// be a live node dropping a connection it should have served, which the
+// retry would otherwise hide.
+func (l *loadGen) requireAllAccepted(t testing.TB) {
+	t.Helper()
+	if n := l.retried.Load(); n > 0 {
+		t.Errorf("%d requests were not accepted by a node that stayed up (retried on another)", n)
+	}
+}
