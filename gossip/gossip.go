@@ -97,7 +97,8 @@ type Gossip struct {
 	nodes map[string]*nodeRec // guarded by mu: members and report origins
 	subs  []chan struct{}     // guarded by mu
 	// lost holds the members memberlist declared dead (not left), by name,
-	// for reconnectLoop; a member's join removes it.
+	// for reconnectLoop. An entry goes when its name joins again, or when
+	// an alive member holds its address (another node took the IP:port).
 	lost map[string]lostMember // guarded by mu
 
 	lifeMu sync.Mutex
@@ -416,25 +417,87 @@ func (g *Gossip) reconnectLoop(ctx context.Context) {
 				g.log.Debug("gossip reconnect failed", "node", name, "addr", addr, "err", flatten(err))
 				continue
 			}
-			g.log.Info("reconnected to a member declared dead (a healed partition)", "node", name, "addr", addr)
+			// The Join succeeding says only that something answered at
+			// addr. Its push-pull has run our join events, so the name is
+			// alive by now if it came back; if another node answered, its
+			// join event has dropped the entry.
+			if g.alive(name) {
+				g.log.Info("reconnected to a member declared dead (a healed partition)", "node", name, "addr", addr)
+			} else {
+				g.log.Debug("gossip reconnect reached a member's address but not the member", "node", name, "addr", addr)
+			}
 		}
 	}
 }
 
-// lostAddrs returns the addresses of the members to try again, and drops
-// those lost for longer than reconnectFor.
+// lostAddrs returns the addresses of the members to try again. It drops
+// those lost for longer than reconnectFor, and those whose address an alive
+// member holds (the join and update events drop those too; this catches
+// whatever they missed).
 func (g *Gossip) lostAddrs(now time.Time) map[string]string {
+	type drop struct{ name, addr, holder string }
+	var dropped []drop
 	g.mu.Lock()
-	defer g.mu.Unlock()
+	held := g.aliveAt()
 	out := make(map[string]string, len(g.lost))
 	for name, l := range g.lost {
-		if now.Sub(l.since) > reconnectFor {
+		switch {
+		case now.Sub(l.since) > reconnectFor:
 			delete(g.lost, name)
-			continue
+		case held[l.addr] != "":
+			delete(g.lost, name)
+			dropped = append(dropped, drop{name, l.addr, held[l.addr]})
+		default:
+			out[name] = l.addr
 		}
-		out[name] = l.addr
+	}
+	g.mu.Unlock()
+	for _, d := range dropped {
+		g.logTaken([]string{d.name}, d.addr, d.holder)
 	}
 	return out
+}
+
+// aliveAt maps the address of every member memberlist lists as alive (this
+// node included) to its name. Caller holds mu.
+func (g *Gossip) aliveAt() map[string]string {
+	out := make(map[string]string, len(g.nodes))
+	for _, r := range g.nodes {
+		if r.member && r.state == StateAlive {
+			out[r.node.Address()] = r.name
+		}
+	}
+	return out
+}
+
+// dropLostAt drops the lost members whose address is addr, which an alive
+// member now holds, and returns their names. Caller holds mu.
+func (g *Gossip) dropLostAt(addr string) []string {
+	var names []string
+	for name, l := range g.lost {
+		if l.addr == addr {
+			delete(g.lost, name)
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// logTaken logs the lost members no longer tried because holder uses their
+// address. Call it without mu: a log write may block.
+func (g *Gossip) logTaken(names []string, addr, holder string) {
+	for _, name := range names {
+		g.log.Debug("gossip stops reconnecting to a dead member: another member now uses its address",
+			"node", name, "addr", addr, "holder", holder)
+	}
+}
+
+// alive reports whether memberlist lists the member name as alive.
+func (g *Gossip) alive(name string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	r := g.nodes[name]
+	return r != nil && r.member && r.state == StateAlive
 }
 
 // reclaimGiveUp bounds the re-joins after a name conflict.

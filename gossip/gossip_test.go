@@ -555,3 +555,59 @@ func TestReconnectAfterForgotten(t *testing.T) {
 	})
 	t.Logf("merged %v after the victim came back", time.Since(began).Round(time.Millisecond))
 }
+
+// lostNames lists the members nd still tries to reconnect to.
+func lostNames(nd *node) []string {
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	var out []string
+	for name := range nd.lost {
+		out = append(out, name)
+	}
+	return out
+}
+
+// A dead member's address taken by another node (a container that got the
+// dead one's IP:port) is not re-joined: the lost entry goes as soon as the
+// newcomer is a member, and no "reconnected" is logged for the dead name.
+func TestReconnectStopsWhenAnotherNodeHoldsTheAddress(t *testing.T) {
+	logger, logs := testLogs(t)
+	nodes := startCluster(t, 2, func(c *Config) { c.Logger = logger })
+	a, victim := nodes[0], nodes[1]
+	addr := victim.Addr()
+	if err := victim.crash(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	waitFor(t, 30*time.Second, "the victim declared dead", func() error {
+		if s := memberState(a, victim.name); s != StateDead {
+			return fmt.Errorf("%s lists %s as %s", a.name, victim.name, s)
+		}
+		if l := lostNames(a); len(l) != 1 || l[0] != victim.name {
+			return fmt.Errorf("lost %v, want [%s]", l, victim.name)
+		}
+		return nil
+	})
+
+	cfg := testConfig(t, "newcomer")
+	cfg.Logger = logger
+	cfg.Bind = addr
+	cfg.Join = []string{a.Addr()}
+	start(t, cfg)
+	waitFor(t, 10*time.Second, "the newcomer alive", func() error {
+		if s := memberState(a, "newcomer"); s != StateAlive {
+			return fmt.Errorf("%s lists newcomer as %s", a.name, s)
+		}
+		return nil
+	})
+	// The reconnect loop ticks every 5 probe intervals (500 ms here): a
+	// second is enough for the join event to have dropped the entry.
+	waitFor(t, time.Second, "the dead member's entry dropped", func() error {
+		if l := lostNames(a); len(l) != 0 {
+			return fmt.Errorf("%s still reconnects to %v", a.name, l)
+		}
+		return nil
+	})
+	if s := logs(); strings.Contains(s, "reconnected") {
+		t.Errorf("logged a reconnect to %s, which did not come back", victim.name)
+	}
+}
