@@ -288,7 +288,10 @@ func (g *Gossip) join(ctx context.Context) error {
 	deadline := start.Add(g.cfg.JoinTimeout)
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		n, err := g.ml.Join(g.cfg.Join)
+		n, err := g.joinCtx(ctx, g.cfg.Join)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		g.joinAttempts.Add(1)
 		if err == nil {
 			g.log.Info("joined gossip cluster", "seeds", g.cfg.Join, "contacted", n, "attempts", attempt,
@@ -367,11 +370,51 @@ func (g *Gossip) repairLoop(ctx context.Context) {
 			continue
 		}
 		rejoins++
-		if _, err := g.ml.Join(append(unheard, g.cfg.Join...)); err != nil {
+		// unheard may hold a frozen peer (alive to memberlist until its
+		// probes fail), so the Join must not hold up a stop either.
+		if _, err := g.joinCtx(ctx, append(unheard, g.cfg.Join...)); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
 			g.log.Debug("gossip re-join failed", "err", flatten(err))
 		}
 		next = time.Now().Add(backoff)
 		backoff = min(2*backoff, 10*g.probe)
+	}
+}
+
+// joinCtx calls memberlist's Join in a goroutine of its own and returns
+// its result, or ctx's error as soon as ctx ends. memberlist's Join takes
+// no context: to a frozen peer (SIGSTOPped; its kernel completes the TCP
+// connect) it waits out TCPTimeout (10 s on a LAN), and a stop that waited
+// for it would use up docker stop's grace period.
+//
+// An exception to "every goroutine has a wait", for that reason: once ctx
+// has ended, nothing waits for the goroutine. It ends on its own when the
+// Join returns, within memberlist's TCPTimeout per address (connect, then
+// the exchange's deadline). Meanwhile it touches only g.ml and its own
+// buffered channel; memberlist v0.6.0 does not refuse a Join after
+// Shutdown, so a peer that thaws in time may still complete the push-pull,
+// and the delegate callbacks it runs only take g.mu briefly and never block.
+func (g *Gossip) joinCtx(ctx context.Context, addrs []string) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err // stopping: start no Join
+	}
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1) // buffer 1: an abandoned Join's send never blocks
+	addrs = slices.Clone(addrs)
+	go func() {
+		n, err := g.ml.Join(addrs)
+		done <- result{n, err}
+	}()
+	select {
+	case r := <-done:
+		return r.n, r.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
 	}
 }
 
@@ -383,8 +426,10 @@ type lostMember struct {
 
 // reconnectFor bounds how long a dead member is tried again (serf's
 // default reconnect timeout); reconnectDial bounds the connect that probes
-// it first, so that a stop never waits on memberlist's Join to a dead
-// address (TCPTimeout, 10 s on a LAN).
+// it first, so that a member that is down costs a short dial rather than
+// memberlist's Join (TCPTimeout, 10 s on a LAN). The probe does not catch a
+// frozen process (SIGSTOP: its kernel still completes the connect), so the
+// Join itself runs in joinCtx and a stop does not wait for it.
 const (
 	reconnectFor  = 72 * time.Hour
 	reconnectDial = 500 * time.Millisecond
@@ -413,7 +458,10 @@ func (g *Gossip) reconnectLoop(ctx context.Context) {
 				continue // still unreachable
 			}
 			c.Close()
-			if _, err := g.ml.Join([]string{addr}); err != nil {
+			if _, err := g.joinCtx(ctx, []string{addr}); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
 				g.log.Debug("gossip reconnect failed", "node", name, "addr", addr, "err", flatten(err))
 				continue
 			}

@@ -611,3 +611,75 @@ func TestReconnectStopsWhenAnotherNodeHoldsTheAddress(t *testing.T) {
 		t.Errorf("logged a reconnect to %s, which did not come back", victim.name)
 	}
 }
+
+// frozenPeer listens on TCP, accepts and never answers: a SIGSTOPped
+// process, whose kernel still completes connects. It returns the address
+// and a channel closed once a connection sends data (memberlist's
+// push-pull; the reconnect loop's probe dial sends nothing).
+func frozenPeer(t *testing.T) (string, <-chan struct{}) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	spoke := make(chan struct{})
+	var once sync.Once
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			go func() {
+				if n, _ := c.Read(make([]byte, 1)); n > 0 {
+					once.Do(func() { close(spoke) })
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), spoke
+}
+
+// Stopping does not wait on a re-join in flight to a frozen dead member:
+// memberlist's Join would hold it for TCPTimeout (10 s on a LAN), most of
+// docker stop's grace period.
+func TestStopDoesNotWaitForReconnectToFrozenMember(t *testing.T) {
+	addr, spoke := frozenPeer(t)
+	cfg := testConfig(t, "stopper")
+	cfg.Profile = ProfileLAN // TCPTimeout 10 s; the local profile's is 1 s
+	n := start(t, cfg)
+	n.mu.Lock()
+	n.lost["frozen"] = lostMember{addr: addr, since: time.Now()}
+	n.mu.Unlock()
+	select {
+	case <-spoke:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no re-join to the frozen member within 10s")
+	}
+
+	began := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- n.stop() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatalf("Run still running 3s after cancel: it waits on the re-join")
+	}
+	t.Logf("stopped in %v with a re-join in flight", time.Since(began).Round(time.Millisecond))
+}
