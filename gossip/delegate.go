@@ -124,18 +124,21 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 
 // NotifyJoin records a member that is new or back from dead or left, and
 // asks the sender to send our state soon so the newcomer sees it at once.
+// The member's name and address leave the lost set: it is back, or it now
+// holds the address of a member that is not.
 func (d *delegate) NotifyJoin(n *memberlist.Node) {
 	g := d.g
 	meta := d.meta(n)
 	now := time.Now()
+	addr := n.Address()
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	r := g.rec(n.Name)
 	r.member = true
 	r.node = copyNode(n)
 	r.meta = meta
 	r.state, r.since, r.bye = StateAlive, now, false
 	delete(g.lost, n.Name)
+	taken := g.dropLostAt(addr)
 	if n.Name != g.cfg.Name {
 		g.force.Store(true)
 		select {
@@ -144,6 +147,8 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 		}
 	}
 	g.notify()
+	g.mu.Unlock()
+	g.logTaken(taken, addr, n.Name)
 }
 
 // NotifyLeave drops the member's report at once. memberlist v0.6.0 does not
@@ -158,31 +163,39 @@ func (d *delegate) NotifyLeave(n *memberlist.Node) {
 	r.member = true
 	r.node = copyNode(n)
 	r.state = StateDead
-	if r.bye || n.Name == g.cfg.Name {
+	switch addr := n.Address(); {
+	case r.bye || n.Name == g.cfg.Name:
 		r.state = StateLeft
 		delete(g.lost, n.Name)
-	} else {
+	case g.aliveAt()[addr] != "":
+		// Another member already uses the address: nothing to reconnect.
+		delete(g.lost, n.Name)
+	default:
 		if g.lost == nil { // a Gossip not made by New (tests of the view)
 			g.lost = make(map[string]lostMember)
 		}
-		g.lost[n.Name] = lostMember{addr: n.Address(), since: now}
+		g.lost[n.Name] = lostMember{addr: addr, since: now}
 	}
 	r.since = now
 	r.report, r.pend = nil, nil
 	g.notify()
 }
 
-// NotifyUpdate records a member's new address or metadata.
+// NotifyUpdate records a member's new address or metadata. A lost member
+// whose address it now holds is no longer tried.
 func (d *delegate) NotifyUpdate(n *memberlist.Node) {
 	g := d.g
 	meta := d.meta(n)
+	addr := n.Address()
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	r := g.rec(n.Name)
 	r.member = true
 	r.node = copyNode(n)
 	r.meta = meta
+	taken := g.dropLostAt(addr)
 	g.notify()
+	g.mu.Unlock()
+	g.logTaken(taken, addr, n.Name)
 }
 
 func (d *delegate) meta(n *memberlist.Node) map[string]string {

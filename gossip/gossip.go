@@ -97,7 +97,8 @@ type Gossip struct {
 	nodes map[string]*nodeRec // guarded by mu: members and report origins
 	subs  []chan struct{}     // guarded by mu
 	// lost holds the members memberlist declared dead (not left), by name,
-	// for reconnectLoop; a member's join removes it.
+	// for reconnectLoop. An entry goes when its name joins again, or when
+	// an alive member holds its address (another node took the IP:port).
 	lost map[string]lostMember // guarded by mu
 
 	lifeMu sync.Mutex
@@ -287,7 +288,10 @@ func (g *Gossip) join(ctx context.Context) error {
 	deadline := start.Add(g.cfg.JoinTimeout)
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		n, err := g.ml.Join(g.cfg.Join)
+		n, err := g.joinCtx(ctx, g.cfg.Join)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		g.joinAttempts.Add(1)
 		if err == nil {
 			g.log.Info("joined gossip cluster", "seeds", g.cfg.Join, "contacted", n, "attempts", attempt,
@@ -366,11 +370,51 @@ func (g *Gossip) repairLoop(ctx context.Context) {
 			continue
 		}
 		rejoins++
-		if _, err := g.ml.Join(append(unheard, g.cfg.Join...)); err != nil {
+		// unheard may hold a frozen peer (alive to memberlist until its
+		// probes fail), so the Join must not hold up a stop either.
+		if _, err := g.joinCtx(ctx, append(unheard, g.cfg.Join...)); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
 			g.log.Debug("gossip re-join failed", "err", flatten(err))
 		}
 		next = time.Now().Add(backoff)
 		backoff = min(2*backoff, 10*g.probe)
+	}
+}
+
+// joinCtx calls memberlist's Join in a goroutine of its own and returns
+// its result, or ctx's error as soon as ctx ends. memberlist's Join takes
+// no context: to a frozen peer (SIGSTOPped; its kernel completes the TCP
+// connect) it waits out TCPTimeout (10 s on a LAN), and a stop that waited
+// for it would use up docker stop's grace period.
+//
+// An exception to "every goroutine has a wait", for that reason: once ctx
+// has ended, nothing waits for the goroutine. It ends on its own when the
+// Join returns, within memberlist's TCPTimeout per address (connect, then
+// the exchange's deadline). Meanwhile it touches only g.ml and its own
+// buffered channel; memberlist v0.6.0 does not refuse a Join after
+// Shutdown, so a peer that thaws in time may still complete the push-pull,
+// and the delegate callbacks it runs only take g.mu briefly and never block.
+func (g *Gossip) joinCtx(ctx context.Context, addrs []string) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err // stopping: start no Join
+	}
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1) // buffer 1: an abandoned Join's send never blocks
+	addrs = slices.Clone(addrs)
+	go func() {
+		n, err := g.ml.Join(addrs)
+		done <- result{n, err}
+	}()
+	select {
+	case r := <-done:
+		return r.n, r.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
 	}
 }
 
@@ -382,8 +426,10 @@ type lostMember struct {
 
 // reconnectFor bounds how long a dead member is tried again (serf's
 // default reconnect timeout); reconnectDial bounds the connect that probes
-// it first, so that a stop never waits on memberlist's Join to a dead
-// address (TCPTimeout, 10 s on a LAN).
+// it first, so that a member that is down costs a short dial rather than
+// memberlist's Join (TCPTimeout, 10 s on a LAN). The probe does not catch a
+// frozen process (SIGSTOP: its kernel still completes the connect), so the
+// Join itself runs in joinCtx and a stop does not wait for it.
 const (
 	reconnectFor  = 72 * time.Hour
 	reconnectDial = 500 * time.Millisecond
@@ -412,29 +458,94 @@ func (g *Gossip) reconnectLoop(ctx context.Context) {
 				continue // still unreachable
 			}
 			c.Close()
-			if _, err := g.ml.Join([]string{addr}); err != nil {
+			if _, err := g.joinCtx(ctx, []string{addr}); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
 				g.log.Debug("gossip reconnect failed", "node", name, "addr", addr, "err", flatten(err))
 				continue
 			}
-			g.log.Info("reconnected to a member declared dead (a healed partition)", "node", name, "addr", addr)
+			// The Join succeeding says only that something answered at
+			// addr. Its push-pull has run our join events, so the name is
+			// alive by now if it came back; if another node answered, its
+			// join event has dropped the entry.
+			if g.alive(name) {
+				g.log.Info("reconnected to a member declared dead (a healed partition)", "node", name, "addr", addr)
+			} else {
+				g.log.Debug("gossip reconnect reached a member's address but not the member", "node", name, "addr", addr)
+			}
 		}
 	}
 }
 
-// lostAddrs returns the addresses of the members to try again, and drops
-// those lost for longer than reconnectFor.
+// lostAddrs returns the addresses of the members to try again. It drops
+// those lost for longer than reconnectFor, and those whose address an alive
+// member holds (the join and update events drop those too; this catches
+// whatever they missed).
 func (g *Gossip) lostAddrs(now time.Time) map[string]string {
+	type drop struct{ name, addr, holder string }
+	var dropped []drop
 	g.mu.Lock()
-	defer g.mu.Unlock()
+	held := g.aliveAt()
 	out := make(map[string]string, len(g.lost))
 	for name, l := range g.lost {
-		if now.Sub(l.since) > reconnectFor {
+		switch {
+		case now.Sub(l.since) > reconnectFor:
 			delete(g.lost, name)
-			continue
+		case held[l.addr] != "":
+			delete(g.lost, name)
+			dropped = append(dropped, drop{name, l.addr, held[l.addr]})
+		default:
+			out[name] = l.addr
 		}
-		out[name] = l.addr
+	}
+	g.mu.Unlock()
+	for _, d := range dropped {
+		g.logTaken([]string{d.name}, d.addr, d.holder)
 	}
 	return out
+}
+
+// aliveAt maps the address of every member memberlist lists as alive (this
+// node included) to its name. Caller holds mu.
+func (g *Gossip) aliveAt() map[string]string {
+	out := make(map[string]string, len(g.nodes))
+	for _, r := range g.nodes {
+		if r.member && r.state == StateAlive {
+			out[r.node.Address()] = r.name
+		}
+	}
+	return out
+}
+
+// dropLostAt drops the lost members whose address is addr, which an alive
+// member now holds, and returns their names. Caller holds mu.
+func (g *Gossip) dropLostAt(addr string) []string {
+	var names []string
+	for name, l := range g.lost {
+		if l.addr == addr {
+			delete(g.lost, name)
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// logTaken logs the lost members no longer tried because holder uses their
+// address. Call it without mu: a log write may block.
+func (g *Gossip) logTaken(names []string, addr, holder string) {
+	for _, name := range names {
+		g.log.Debug("gossip stops reconnecting to a dead member: another member now uses its address",
+			"node", name, "addr", addr, "holder", holder)
+	}
+}
+
+// alive reports whether memberlist lists the member name as alive.
+func (g *Gossip) alive(name string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	r := g.nodes[name]
+	return r != nil && r.member && r.state == StateAlive
 }
 
 // reclaimGiveUp bounds the re-joins after a name conflict.

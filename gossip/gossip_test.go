@@ -555,3 +555,131 @@ func TestReconnectAfterForgotten(t *testing.T) {
 	})
 	t.Logf("merged %v after the victim came back", time.Since(began).Round(time.Millisecond))
 }
+
+// lostNames lists the members nd still tries to reconnect to.
+func lostNames(nd *node) []string {
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	var out []string
+	for name := range nd.lost {
+		out = append(out, name)
+	}
+	return out
+}
+
+// A dead member's address taken by another node (a container that got the
+// dead one's IP:port) is not re-joined: the lost entry goes as soon as the
+// newcomer is a member, and no "reconnected" is logged for the dead name.
+func TestReconnectStopsWhenAnotherNodeHoldsTheAddress(t *testing.T) {
+	logger, logs := testLogs(t)
+	nodes := startCluster(t, 2, func(c *Config) { c.Logger = logger })
+	a, victim := nodes[0], nodes[1]
+	addr := victim.Addr()
+	if err := victim.crash(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	waitFor(t, 30*time.Second, "the victim declared dead", func() error {
+		if s := memberState(a, victim.name); s != StateDead {
+			return fmt.Errorf("%s lists %s as %s", a.name, victim.name, s)
+		}
+		if l := lostNames(a); len(l) != 1 || l[0] != victim.name {
+			return fmt.Errorf("lost %v, want [%s]", l, victim.name)
+		}
+		return nil
+	})
+
+	cfg := testConfig(t, "newcomer")
+	cfg.Logger = logger
+	cfg.Bind = addr
+	cfg.Join = []string{a.Addr()}
+	start(t, cfg)
+	waitFor(t, 10*time.Second, "the newcomer alive", func() error {
+		if s := memberState(a, "newcomer"); s != StateAlive {
+			return fmt.Errorf("%s lists newcomer as %s", a.name, s)
+		}
+		return nil
+	})
+	// The reconnect loop ticks every 5 probe intervals (500 ms here): a
+	// second is enough for the join event to have dropped the entry.
+	waitFor(t, time.Second, "the dead member's entry dropped", func() error {
+		if l := lostNames(a); len(l) != 0 {
+			return fmt.Errorf("%s still reconnects to %v", a.name, l)
+		}
+		return nil
+	})
+	if s := logs(); strings.Contains(s, "reconnected") {
+		t.Errorf("logged a reconnect to %s, which did not come back", victim.name)
+	}
+}
+
+// frozenPeer listens on TCP, accepts and never answers: a SIGSTOPped
+// process, whose kernel still completes connects. It returns the address
+// and a channel closed once a connection sends data (memberlist's
+// push-pull; the reconnect loop's probe dial sends nothing).
+func frozenPeer(t *testing.T) (string, <-chan struct{}) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	spoke := make(chan struct{})
+	var once sync.Once
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			go func() {
+				if n, _ := c.Read(make([]byte, 1)); n > 0 {
+					once.Do(func() { close(spoke) })
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), spoke
+}
+
+// Stopping does not wait on a re-join in flight to a frozen dead member:
+// memberlist's Join would hold it for TCPTimeout (10 s on a LAN), most of
+// docker stop's grace period.
+func TestStopDoesNotWaitForReconnectToFrozenMember(t *testing.T) {
+	addr, spoke := frozenPeer(t)
+	cfg := testConfig(t, "stopper")
+	cfg.Profile = ProfileLAN // TCPTimeout 10 s; the local profile's is 1 s
+	n := start(t, cfg)
+	n.mu.Lock()
+	n.lost["frozen"] = lostMember{addr: addr, since: time.Now()}
+	n.mu.Unlock()
+	select {
+	case <-spoke:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no re-join to the frozen member within 10s")
+	}
+
+	began := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- n.stop() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatalf("Run still running 3s after cancel: it waits on the re-join")
+	}
+	t.Logf("stopped in %v with a re-join in flight", time.Since(began).Round(time.Millisecond))
+}

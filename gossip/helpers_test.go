@@ -32,6 +32,13 @@ func testConfig(t testing.TB, name string) Config {
 // testLogger collects the logs of a test (memberlist's included) and prints
 // them only if the test fails. Writes after the test ended are harmless.
 func testLogger(t testing.TB) *slog.Logger {
+	l, _ := testLogs(t)
+	return l
+}
+
+// testLogs is testLogger that also returns a function reading the logs so
+// far, for tests that assert what was (or was not) logged.
+func testLogs(t testing.TB) (*slog.Logger, func() string) {
 	var mu sync.Mutex
 	var buf bytes.Buffer
 	t.Cleanup(func() {
@@ -41,7 +48,12 @@ func testLogger(t testing.TB) *slog.Logger {
 			t.Logf("logs:\n%s", buf.String())
 		}
 	})
-	return slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	read := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return buf.String()
+	}
+	return slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, &slog.HandlerOptions{Level: slog.LevelDebug})), read
 }
 
 type lockedWriter struct {

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -200,6 +201,62 @@ func TestViewMembershipRules(t *testing.T) {
 	}
 	if n := g.strangers(); n != maxStrangers {
 		t.Errorf("%d strangers held, want %d", n, maxStrangers)
+	}
+}
+
+// A dead member is tried again only while no alive member holds its
+// address: the address's new holder may join before or after the death,
+// or move there, and the check runs again before each retry.
+func TestViewLostMemberAddressTaken(t *testing.T) {
+	g, d := bare("me")
+	lost := func() []string {
+		now := time.Now()
+		var out []string
+		for name := range g.lostAddrs(now) {
+			out = append(out, name)
+		}
+		slices.Sort(out)
+		return out
+	}
+	d.NotifyJoin(mlNode("me", 1))
+	for _, n := range []*memberlist.Node{mlNode("b", 2), mlNode("d", 4), mlNode("x", 9)} {
+		d.NotifyJoin(n)
+		d.NotifyLeave(n)
+	}
+	if got := lost(); !slices.Equal(got, []string{"b", "d", "x"}) {
+		t.Fatalf("lost %v, want [b d x]", got)
+	}
+
+	// Another node joins at b's address.
+	d.NotifyJoin(mlNode("c", 2))
+	if got := lost(); !slices.Equal(got, []string{"d", "x"}) {
+		t.Fatalf("after c joined at b's address: lost %v, want [d x]", got)
+	}
+	// c moves to d's address.
+	d.NotifyUpdate(mlNode("c", 4))
+	if got := lost(); !slices.Equal(got, []string{"x"}) {
+		t.Fatalf("after c moved to d's address: lost %v, want [x]", got)
+	}
+	// A member dies at an address an alive member already holds.
+	d.NotifyJoin(mlNode("e", 5))
+	d.NotifyJoin(mlNode("f", 5))
+	d.NotifyLeave(mlNode("f", 5))
+	if got := lost(); !slices.Equal(got, []string{"x"}) {
+		t.Fatalf("after f died at e's address: lost %v, want [x]", got)
+	}
+	// The check before each retry: an entry whose address is held, however
+	// it got there, is dropped; ours counts too.
+	g.mu.Lock()
+	g.lost["g"] = lostMember{addr: "127.0.0.1:5", since: time.Now()}
+	g.lost["h"] = lostMember{addr: "127.0.0.1:1", since: time.Now()}
+	g.mu.Unlock()
+	if got := lost(); !slices.Equal(got, []string{"x"}) {
+		t.Fatalf("held addresses retried: lost %v, want [x]", got)
+	}
+	// The lost name itself coming back clears its entry.
+	d.NotifyJoin(mlNode("x", 9))
+	if got := lost(); len(got) != 0 {
+		t.Fatalf("after x came back: lost %v", got)
 	}
 }
 
