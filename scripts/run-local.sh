@@ -70,6 +70,7 @@ Try:
   for i in \$(seq 20); do curl -s http://127.0.0.1:8082/; done | sort | uniq -c
   curl -s http://127.0.0.1:9091/v1/load          # live in-flight and circuit states
   curl -s http://127.0.0.1:9091/metrics | grep balancer_
+  bin/balancer status -admin 127.0.0.1:9091     # the status page in the terminal: members, raft, backends, rates, p99
   bin/balancer members -admin 127.0.0.1:9091    # gossip members, raft roles, applied index
   bin/balancer weights -admin 127.0.0.1:9092    # the replicated backends and weights
   bin/balancer weights set slow 0 -admin 127.0.0.1:9093   # drain the slow backend (any node forwards to the leader)
