@@ -145,6 +145,16 @@ type stallConn struct {
 	stall time.Duration
 }
 
+// CloseWrite passes a half-close on: ReverseProxy ends the client's side of
+// a tunnel whose backend finished sending this way, and without it would
+// close the whole connection, cutting what the client still sends.
+func (c *stallConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
 func (c *stallConn) Write(p []byte) (int, error) {
 	if c.stall > 0 {
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.stall))

@@ -761,3 +761,47 @@ func TestUpgradedConnectionClosesWhenClientStopsReading(t *testing.T) {
 	// Read nothing more: the backend's stream fills the buffers.
 	eventually(t, 10*time.Second, "the tunnel of a client that reads nothing to close", func() bool { return totalInFlight(p) == 0 })
 }
+
+// A backend that half-closes a tunnel (finished sending, still reading)
+// must still receive what the client sends afterwards.
+func TestUpgradedConnectionPassesHalfClose(t *testing.T) {
+	got := make(chan string, 1)
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: tcp\r\nConnection: Upgrade\r\n\r\nhello")
+		brw.Flush()
+		conn.(*net.TCPConn).CloseWrite()
+		b, _ := io.ReadAll(brw)
+		got <- string(b)
+	}))
+	defer be.Close()
+	_, url := startHTTP(t, DefaultConfig(), []Route{route("a", hostPort(be.URL))}, nil)
+	conn, err := net.Dial("tcp", hostPort(url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "GET /attach HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
+	br := bufio.NewReader(conn)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade response %v %v", resp, err)
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, err := io.ReadAll(br); err != nil || string(b) != "hello" {
+		t.Fatalf("backend's output up to its half-close: %q %v", b, err)
+	}
+	fmt.Fprint(conn, "upload-after-backend-eof")
+	conn.(*net.TCPConn).CloseWrite()
+	select {
+	case b := <-got:
+		if b != "upload-after-backend-eof" {
+			t.Errorf("backend received %q after its half-close, want the client's upload", b)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the backend never saw the end of the client's upload")
+	}
+}
