@@ -397,14 +397,34 @@ const minVoters = 3
 // Left members are removed at once by reconcileVoters; a reaped node that
 // comes back is added again like any joiner.
 func (n *Node) reapDead(ctx context.Context, servers []consensus.Server) {
-	if n.cfg.ReapAfter <= 0 {
-		return
-	}
 	present := make(map[string]bool)
+	raftHolder := make(map[string]string) // raft address -> alive member advertising it
 	for _, m := range n.gossip.Members() {
 		if m.State == gossip.StateAlive || m.State == gossip.StateSuspect {
 			present[m.Name] = true
+			if a := m.Meta[metaRaft]; a != "" {
+				raftHolder[a] = m.Name
+			}
 		}
+	}
+	// A replacement started on a dead server's raft address proves the old
+	// server gone, and cannot join while the old one holds the address
+	// (AddVoter refuses): remove the old one now, whatever -raft-reap-after
+	// says. The replacement takes its place at the next reconcile.
+	for _, s := range servers {
+		holder, taken := raftHolder[s.Address]
+		if !taken || holder == s.ID || present[s.ID] || s.ID == n.cfg.Name {
+			continue
+		}
+		if err := n.store.RemoveServer(ctx, s.ID); err != nil {
+			n.log.Warn("remove replaced raft server", "member", s.ID, "err", err)
+			return
+		}
+		n.log.Info("removed raft server: a new member now uses its raft address", "member", s.ID, "raft", s.Address, "new_member", holder)
+		return // the configuration changed: the next reconcile works from the new one
+	}
+	if n.cfg.ReapAfter <= 0 {
+		return
 	}
 	now := time.Now()
 	n.reapMu.Lock()

@@ -536,3 +536,36 @@ func TestProcDeadNodeIsReapedOnceAReplacementJoins(t *testing.T) {
 		return err == nil
 	})
 }
+
+// A replacement started on a dead node's raft address (the same host and
+// port, a new name) proves the old server gone; the old one must make way
+// at once, or the replacement could never join (raft refuses a second
+// server at one address).
+func TestProcReplacementOnTheSameRaftAddressTakesOver(t *testing.T) {
+	backends := startDemoBackends(t, "a")
+	agents := startRaftCluster(t, 3, backends)
+	leader, lost := followerOf(t, agents)
+	lost.kill()
+	waitUntil(t, 30*time.Second, lost.name+" declared dead", func() bool {
+		for _, m := range leader.members(t) {
+			if m.Name == lost.name {
+				return m.Status == "dead"
+			}
+		}
+		return true
+	})
+	repl := startAgent(t, "n4", filepath.Join(t.TempDir(), "n4"),
+		"-gossip", "127.0.0.1:0", "-raft", lost.Raft, "-join", leader.Gossip)
+	waitUntil(t, 30*time.Second, "the replacement to be a voter in the old server's place", func() bool {
+		v := map[string]bool{}
+		for _, m := range leader.members(t) {
+			if m.RaftRole == "voter" {
+				v[m.Name] = true
+			}
+		}
+		return v["n4"] && !v[lost.name] && len(v) == 3
+	})
+	if code, body := repl.getBody(t, "/"); code != 200 || body != "a" {
+		t.Fatalf("the replacement does not proxy on the replicated config: %d %q", code, body)
+	}
+}
