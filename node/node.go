@@ -243,7 +243,7 @@ type Node struct {
 	lastMeta map[string]string // gossip metadata last advertised
 
 	refusedMu sync.Mutex        // guards refused
-	refused   map[string]string // member -> raft address refused for its TLS, logged once
+	refused   map[string]string // member -> raft address and reason it is not a voter, logged once
 
 	reapMu  sync.Mutex           // guards missing; reconcileVoters runs from two goroutines
 	missing map[string]time.Time // raft server -> when the leader first saw it dead or gone

@@ -357,12 +357,15 @@ func (n *Node) reconcileVoters(ctx context.Context) {
 			if err != nil {
 				// An unreachable member is retried on the next reconcile;
 				// it does not hold up the members after it either.
-				n.log.Warn("add raft voter", "member", m.Name, "raft", addr, "err", err)
+				n.voterTrouble(m.Name, addr, "add raft voter failed; retrying", err)
 				if reconcileOver(cctx, err) {
 					return
 				}
 				continue
 			}
+			n.refusedMu.Lock()
+			delete(n.refused, m.Name)
+			n.refusedMu.Unlock()
 			n.log.Info("added raft voter", "member", m.Name, "raft", addr)
 		case m.State == gossip.StateLeft && known[m.Name] != "":
 			if err := n.store.RemoveServer(cctx, m.Name); err != nil {
@@ -496,20 +499,28 @@ func (n *Node) reapDead(ctx context.Context, servers []consensus.Server) {
 // refusedVoter logs a member refused as a raft voter for its TLS, at Warn
 // the first time for its address and at Debug on later reconciles.
 func (n *Node) refusedVoter(name, addr string, err error) {
+	n.voterTrouble(name, addr, "not adding raft voter: it failed the TLS handshake", err)
+}
+
+// voterTrouble logs why a member is not (yet) a voter: at Warn the first
+// time for its address and reason, at Debug on the reconciles after, which
+// retry it every few seconds.
+func (n *Node) voterTrouble(name, addr, msg string, err error) {
+	key := addr + "\x00" + msg
 	n.refusedMu.Lock()
-	first := n.refused[name] != addr
+	first := n.refused[name] != key
 	if first {
 		if n.refused == nil {
 			n.refused = make(map[string]string)
 		}
-		n.refused[name] = addr
+		n.refused[name] = key
 	}
 	n.refusedMu.Unlock()
 	level := slog.LevelDebug
 	if first {
 		level = slog.LevelWarn
 	}
-	n.log.Log(context.Background(), level, "not adding raft voter: it failed the TLS handshake", "member", name, "raft", addr, "err", err)
+	n.log.Log(context.Background(), level, msg, "member", name, "raft", addr, "err", err)
 }
 
 // transferLeadership hands leadership over before this node stops, so the
