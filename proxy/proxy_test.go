@@ -352,9 +352,13 @@ func TestHTTPAbortMidBodyReleasesSlot(t *testing.T) {
 	eventually(t, 2*time.Second, "in-flight 0 after closing mid-body", func() bool { return totalInFlight(p) == 0 })
 }
 
-func TestHTTPUpgradePassesThrough(t *testing.T) {
+// upgradeBackend is a backend that switches every request to the given
+// protocol and hands the raw connection (and the reader holding anything
+// the client already sent) to serve.
+func upgradeBackend(t *testing.T, proto string, serve func(conn net.Conn, brw *bufio.ReadWriter)) *httptest.Server {
+	t.Helper()
 	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "echo" {
+		if r.Header.Get("Upgrade") != proto {
 			http.Error(w, "want upgrade", 400)
 			return
 		}
@@ -363,23 +367,35 @@ func TestHTTPUpgradePassesThrough(t *testing.T) {
 			return
 		}
 		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: " + proto + "\r\nConnection: Upgrade\r\n\r\n")
 		brw.Flush()
-		io.Copy(conn, brw)
+		serve(conn, brw)
 	}))
-	defer be.Close()
-	p, url := startHTTP(t, DefaultConfig(), []Route{route("a", hostPort(be.URL))}, nil)
+	t.Cleanup(be.Close)
+	return be
+}
+
+// dialUpgrade opens a tunnel through the proxy at url and returns the
+// client's connection and the reader past the 101 answer.
+func dialUpgrade(t *testing.T, url, proto string) (net.Conn, *bufio.Reader) {
+	t.Helper()
 	conn, err := net.Dial("tcp", hostPort(url))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	fmt.Fprint(conn, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	t.Cleanup(func() { conn.Close() })
+	fmt.Fprint(conn, "GET /tunnel HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: "+proto+"\r\n\r\n")
 	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != 101 {
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 101 {
 		t.Fatalf("upgrade response %v %v", resp, err)
 	}
+	return conn, br
+}
+
+func TestHTTPUpgradePassesThrough(t *testing.T) {
+	be := upgradeBackend(t, "echo", func(conn net.Conn, brw *bufio.ReadWriter) { io.Copy(conn, brw) })
+	p, url := startHTTP(t, DefaultConfig(), []Route{route("a", hostPort(be.URL))}, nil)
+	conn, br := dialUpgrade(t, url, "echo")
 	if totalInFlight(p) != 1 {
 		t.Errorf("an upgraded connection must count as in flight: %d", totalInFlight(p))
 	}
@@ -661,16 +677,9 @@ func TestClientIdleTimeoutCountsOnlySilence(t *testing.T) {
 // IdleTimeout is closed, as a tcp-mode one is; traffic in one direction
 // alone keeps it open.
 func TestUpgradedConnectionIdleTimeout(t *testing.T) {
-	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
-		brw.Flush()
-		// Swallow everything, answer "ping" with "pong": the client alone
-		// talks until it pings.
+	// Swallow everything, answer "ping" with "pong": the client alone
+	// talks until it pings.
+	be := upgradeBackend(t, "echo", func(conn net.Conn, brw *bufio.ReadWriter) {
 		buf := make([]byte, 4)
 		for {
 			if _, err := io.ReadFull(brw, buf[:1]); err != nil {
@@ -683,22 +692,12 @@ func TestUpgradedConnectionIdleTimeout(t *testing.T) {
 				conn.Write([]byte("pong"))
 			}
 		}
-	}))
-	defer be.Close()
+	})
 	const idle = 300 * time.Millisecond
 	cfg := DefaultConfig()
 	cfg.IdleTimeout = idle
 	p, url := startHTTP(t, cfg, []Route{route("a", hostPort(be.URL))}, nil)
-	conn, err := net.Dial("tcp", hostPort(url))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	fmt.Fprint(conn, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-	br := bufio.NewReader(conn)
-	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 101 {
-		t.Fatalf("upgrade response %v %v", resp, err)
-	}
+	conn, br := dialUpgrade(t, url, "echo")
 	// Three idle periods of client-only traffic.
 	for end := time.Now().Add(3 * idle); time.Now().Before(end); time.Sleep(idle / 4) {
 		if _, err := conn.Write([]byte("x")); err != nil {
@@ -727,34 +726,18 @@ func TestUpgradedConnectionIdleTimeout(t *testing.T) {
 // A client that stops reading a tunnel whose backend keeps talking must not
 // hold the backend forever: the write to it stalls and the tunnel closes.
 func TestUpgradedConnectionClosesWhenClientStopsReading(t *testing.T) {
-	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: stream\r\nConnection: Upgrade\r\n\r\n")
-		brw.Flush()
+	be := upgradeBackend(t, "stream", func(conn net.Conn, _ *bufio.ReadWriter) {
 		chunk := make([]byte, 64<<10)
 		for {
 			if _, err := conn.Write(chunk); err != nil {
 				return
 			}
 		}
-	}))
-	defer be.Close()
+	})
 	cfg := DefaultConfig()
 	cfg.IdleTimeout, cfg.ClientIdleTimeout = 300*time.Millisecond, 300*time.Millisecond
 	p, url := startHTTP(t, cfg, []Route{route("a", hostPort(be.URL))}, nil)
-	conn, err := net.Dial("tcp", hostPort(url))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	fmt.Fprint(conn, "GET /s HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: stream\r\n\r\n")
-	if resp, err := http.ReadResponse(bufio.NewReader(conn), nil); err != nil || resp.StatusCode != 101 {
-		t.Fatalf("upgrade response %v %v", resp, err)
-	}
+	dialUpgrade(t, url, "stream")
 	if n := totalInFlight(p); n != 1 {
 		t.Fatalf("in flight %d with the tunnel open, want 1", n)
 	}
@@ -766,30 +749,14 @@ func TestUpgradedConnectionClosesWhenClientStopsReading(t *testing.T) {
 // must still receive what the client sends afterwards.
 func TestUpgradedConnectionPassesHalfClose(t *testing.T) {
 	got := make(chan string, 1)
-	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: tcp\r\nConnection: Upgrade\r\n\r\nhello")
-		brw.Flush()
+	be := upgradeBackend(t, "tcp", func(conn net.Conn, brw *bufio.ReadWriter) {
+		conn.Write([]byte("hello"))
 		conn.(*net.TCPConn).CloseWrite()
 		b, _ := io.ReadAll(brw)
 		got <- string(b)
-	}))
-	defer be.Close()
+	})
 	_, url := startHTTP(t, DefaultConfig(), []Route{route("a", hostPort(be.URL))}, nil)
-	conn, err := net.Dial("tcp", hostPort(url))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	fmt.Fprint(conn, "GET /attach HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
-	br := bufio.NewReader(conn)
-	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 101 {
-		t.Fatalf("upgrade response %v %v", resp, err)
-	}
+	conn, br := dialUpgrade(t, url, "tcp")
 	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if b, err := io.ReadAll(br); err != nil || string(b) != "hello" {
 		t.Fatalf("backend's output up to its half-close: %q %v", b, err)
