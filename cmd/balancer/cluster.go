@@ -71,18 +71,29 @@ func (c *adminConn) client() (*admin.Client, error) {
 	return admin.NewClient(c.addr, c.token, admin.WithTLS(pki.ClientConfig(roots, cert))), nil
 }
 
-func runMembers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("balancer members", flag.ContinueOnError)
+// clientCommand parses the flags of a command that reads one node's admin
+// API (the shared connection flags, plus what extra registers) and builds
+// its client.
+func clientCommand(name, usage string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*admin.Client, *adminConn, error) {
+	fs := flag.NewFlagSet("balancer "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	conn := adminFlags(fs)
+	if extra != nil {
+		extra(fs)
+	}
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "Usage: balancer members [-admin HOST:PORT]\n\nLists the cluster's members as the node at -admin sees them.\n\nFlags:\n")
+		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args); err != nil {
-		return err
+		return nil, nil, err
 	}
 	cl, err := conn.client()
+	return cl, conn, err
+}
+
+func runMembers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cl, conn, err := clientCommand("members", "Usage: balancer members [-admin HOST:PORT]\n\nLists the cluster's members as the node at -admin sees them.\n\nFlags:\n", args, stderr, nil)
 	if err != nil {
 		return err
 	}
@@ -106,17 +117,7 @@ func runWeights(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if len(args) > 0 && args[0] == "set" {
 		return runWeightsSet(ctx, args[1:], stdout, stderr)
 	}
-	fs := flag.NewFlagSet("balancer weights", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	conn := adminFlags(fs)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "Usage: balancer weights [-admin HOST:PORT]\n\nLists the backends and weights applied on the node at -admin.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	cl, err := conn.client()
+	cl, conn, err := clientCommand("weights", "Usage: balancer weights [-admin HOST:PORT]\n\nLists the backends and weights applied on the node at -admin.\n\nFlags:\n", args, stderr, nil)
 	if err != nil {
 		return err
 	}

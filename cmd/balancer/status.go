@@ -31,18 +31,10 @@ Flags:
 `
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("balancer status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	conn := adminFlags(fs)
-	asJSON := fs.Bool("json", false, "print the /v1/status answer as JSON")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), statusUsage)
-		fs.PrintDefaults()
-	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	cl, err := conn.client()
+	var asJSON bool
+	cl, conn, err := clientCommand("status", statusUsage, args, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&asJSON, "json", false, "print the /v1/status answer as JSON")
+	})
 	if err != nil {
 		return err
 	}
@@ -50,7 +42,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return conn.explain(err)
 	}
-	if *asJSON {
+	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(st)
