@@ -533,6 +533,16 @@ func (s *Store) AddVoter(ctx context.Context, id, addr string) error {
 		if err := s.checkPeer(ctx, addr); err != nil {
 			return fmt.Errorf("add voter %s: not adding a server this node cannot reach over raft TLS: %w", id, err)
 		}
+	} else {
+		// Likewise on plain TCP: a voter nobody can connect to only makes
+		// the quorum larger. (raft's transport drops a connection that
+		// closes before its first RPC without a word.)
+		d := net.Dialer{Timeout: peerCheckTimeout}
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return fmt.Errorf("add voter %s: not adding a server this node cannot reach at its raft address: %w", id, err)
+		}
+		conn.Close()
 	}
 	s.changeMu.Lock()
 	defer s.changeMu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"reflect"
 	"strings"
 	"sync"
@@ -450,5 +451,25 @@ func TestLeaderSeesUnreachableServers(t *testing.T) {
 	}
 	if alive.Unreachable(gone.ID()) {
 		t.Error("a follower has no heartbeat evidence and must say false")
+	}
+}
+
+// A server nobody can connect to would only enlarge the quorum: AddVoter
+// refuses it on plain TCP too, and the configuration stays as it was.
+func TestAddVoterRefusesUnreachableServer(t *testing.T) {
+	c := newCluster(t, 1)
+	leader := c.waitLeader()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	if err := leader.AddVoter(ctxTimeout(t, 5*time.Second), "gone", addr); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("adding a server nobody listens for: %v; want connection refused", err)
+	}
+	servers, err := leader.Servers()
+	if err != nil || len(servers) != 1 {
+		t.Fatalf("servers after the refusal: %+v %v; want the leader alone", servers, err)
 	}
 }
