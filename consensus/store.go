@@ -526,23 +526,11 @@ func (s *Store) AddVoter(ctx context.Context, id, addr string) error {
 	if _, err := splitHostPort("add voter "+id+": raft address", addr, false); err != nil {
 		return err
 	}
-	if s.stream != nil {
-		// A voter that cannot complete the mutual TLS handshake (its
-		// certificate is from another CA, or lacks its address) would count
-		// towards quorum without ever voting: check before adding it.
-		if err := s.checkPeer(ctx, addr); err != nil {
-			return fmt.Errorf("add voter %s: not adding a server this node cannot reach over raft TLS: %w", id, err)
-		}
-	} else {
-		// Likewise on plain TCP: a voter nobody can connect to only makes
-		// the quorum larger. (raft's transport drops a connection that
-		// closes before its first RPC without a word.)
-		d := net.Dialer{Timeout: peerCheckTimeout}
-		conn, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return fmt.Errorf("add voter %s: not adding a server this node cannot reach at its raft address: %w", id, err)
-		}
-		conn.Close()
+	// A voter this node cannot reach (or, over TLS, complete the mutual
+	// handshake with) would count towards quorum without ever voting:
+	// check before adding it.
+	if err := s.checkPeer(ctx, addr); err != nil {
+		return fmt.Errorf("add voter %s: not adding a server this node cannot reach over raft: %w", id, err)
 	}
 	s.changeMu.Lock()
 	defer s.changeMu.Unlock()
@@ -573,11 +561,21 @@ func (s *Store) AddVoter(ctx context.Context, id, addr string) error {
 // member whose raft address swallows packets to the members after it.
 const peerCheckTimeout = 2 * time.Second
 
-// checkPeer completes a raft TLS handshake with addr, waits to see whether
-// the peer accepts this node's certificate, and hangs up. TLS failures
-// wrap ErrPeerTLS; an unreachable peer's do not (see tlsStream.probe).
+// checkPeer connects to addr and hangs up; over TLS it completes the
+// handshake and waits to see whether the peer accepts this node's
+// certificate. TLS failures wrap ErrPeerTLS; an unreachable peer's do not
+// (see tlsStream.probe). raft's transport drops a connection that closes
+// before its first RPC without a word.
 func (s *Store) checkPeer(ctx context.Context, addr string) error {
-	return s.stream.probe(ctx, addr, peerCheckTimeout)
+	if s.stream != nil {
+		return s.stream.probe(ctx, addr, peerCheckTimeout)
+	}
+	d := net.Dialer{Timeout: peerCheckTimeout}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	return conn.Close()
 }
 
 // RemoveServer removes a server from the raft configuration and waits until

@@ -373,23 +373,18 @@ func (n *Node) Addr() string { return n.traffic.Addr().String() }
 // AdminAddr is the bound admin address.
 func (n *Node) AdminAddr() string { return n.adminLn.Addr().String() }
 
-// AdminURL is the admin API's base URL as peers reach it: https:// with
-// -tls-cert. Peers learn it by gossip, so a follower forwards writes with
-// the right scheme.
-func (n *Node) AdminURL() string {
+// adminAdvertised is the admin address peers and `balancer members` see:
+// -admin-advertise or the bound HOST:PORT, as https://HOST:PORT with TLS so
+// that followers forward with the right scheme.
+func (n *Node) adminAdvertised() string {
+	addr := n.cfg.AdminAdvertise
+	if addr == "" {
+		addr = n.AdminAddr()
+	}
 	if n.tls.admin != nil {
-		return "https://" + n.advertisedAdmin()
+		return "https://" + addr
 	}
-	return "http://" + n.advertisedAdmin()
-}
-
-// advertisedAdmin is the admin HOST:PORT peers use: -admin-advertise, or the
-// bound address.
-func (n *Node) advertisedAdmin() string {
-	if n.cfg.AdminAdvertise != "" {
-		return n.cfg.AdminAdvertise
-	}
-	return n.AdminAddr()
+	return addr
 }
 
 // Name is the node's name.

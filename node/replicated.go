@@ -162,16 +162,6 @@ func (n *Node) advertise() {
 	}
 }
 
-// adminAdvertised is the admin address peers and `balancer members` see:
-// HOST:PORT for plain HTTP, as before TLS existed, and the https:// URL with
-// TLS, so that followers forward with the right scheme.
-func (n *Node) adminAdvertised() string {
-	if n.tls.admin != nil {
-		return n.AdminURL()
-	}
-	return n.advertisedAdmin()
-}
-
 func (n *Node) meta() map[string]string {
 	m := map[string]string{metaAdmin: n.adminAdvertised(), metaRaft: n.store.RaftAddr()}
 	if n.cfg.BootstrapExpect > 0 {
@@ -351,7 +341,7 @@ func (n *Node) reconcileVoters(ctx context.Context) {
 				// A member without a valid raft certificate must not hold
 				// up the members after it; say so once per address, not
 				// every reconcile.
-				n.refusedVoter(m.Name, addr, err)
+				n.voterTrouble(m.Name, addr, "not adding raft voter: it failed the TLS handshake", err)
 				continue
 			}
 			if err != nil {
@@ -436,10 +426,8 @@ func (n *Node) reapDead(ctx context.Context, servers []consensus.Server) {
 	}
 	var due []string
 	voters := 0
-	inRaft := make(map[string]bool, len(servers))
-	voter := make(map[string]bool, len(servers))
+	voter := make(map[string]bool, len(servers)) // every server; true for voters
 	for _, s := range servers {
-		inRaft[s.ID] = true
 		voter[s.ID] = s.Voter
 		if s.Voter {
 			voters++
@@ -459,7 +447,7 @@ func (n *Node) reapDead(ctx context.Context, servers []consensus.Server) {
 		}
 	}
 	for id := range n.missing {
-		if !inRaft[id] {
+		if _, ok := voter[id]; !ok {
 			delete(n.missing, id)
 		}
 	}
@@ -494,12 +482,6 @@ func (n *Node) reapDead(ctx context.Context, servers []consensus.Server) {
 		}
 		n.log.Info("removed raft server dead for longer than -raft-reap-after", "member", id, "after", n.cfg.ReapAfter)
 	}
-}
-
-// refusedVoter logs a member refused as a raft voter for its TLS, at Warn
-// the first time for its address and at Debug on later reconciles.
-func (n *Node) refusedVoter(name, addr string, err error) {
-	n.voterTrouble(name, addr, "not adding raft voter: it failed the TLS handshake", err)
 }
 
 // voterTrouble logs why a member is not (yet) a voter: at Warn the first

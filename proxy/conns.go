@@ -322,8 +322,9 @@ func (t *backendTransport) exchange(bc *backendConn, req *http.Request, body *re
 				return t.fail(bc, req, body, w, stop, fmt.Errorf("write request: %w", w.err))
 			}
 		}
-		resp.Body = &upgradedConn{bc: bc, stop: stop, idle: t.tunnelIdle}
-		resp.Body.(*upgradedConn).touch()
+		u := &upgradedConn{bc: bc, stop: stop, idle: t.tunnelIdle}
+		u.touch()
+		resp.Body = u
 		return resp, false, nil
 	}
 	// A backend that answered before the request was fully sent may not
