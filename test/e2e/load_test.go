@@ -140,10 +140,13 @@ func (l *loadGen) worker(ctx context.Context, w int) {
 // once sends one request to addr. retry reports that the node did not
 // accept it (see loadGen).
 func (l *loadGen) once(ctx context.Context, addr string) (backend string, retry bool, err error) {
-	var reused, answered bool
+	// The transport calls these hooks from its own goroutines (the first
+	// response byte is seen by the connection's read loop), which may still
+	// be running when Do returns an error.
+	var reused, answered atomic.Bool
 	trace := &httptrace.ClientTrace{
-		GotConn:              func(i httptrace.GotConnInfo) { reused = i.Reused },
-		GotFirstResponseByte: func() { answered = true },
+		GotConn:              func(i httptrace.GotConnInfo) { reused.Store(i.Reused) },
+		GotFirstResponseByte: func() { answered.Store(true) },
 	}
 	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), http.MethodGet, "http://"+addr+"/", nil)
 	if err != nil {
@@ -154,14 +157,14 @@ func (l *loadGen) once(ctx context.Context, addr string) (backend string, retry 
 		if errors.Is(err, syscall.ECONNREFUSED) {
 			return "", true, err
 		}
-		if !reused && !answered && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)) {
+		if !reused.Load() && !answered.Load() && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)) {
 			return "", true, err
 		}
 		// The transport's name for a connection the other end closed
 		// before the request was read: a keep-alive connection a draining
 		// node closed as idle just as the request went out, or a fresh one
 		// docker's proxy closed at once.
-		if !answered && strings.Contains(err.Error(), "server closed idle connection") {
+		if !answered.Load() && strings.Contains(err.Error(), "server closed idle connection") {
 			return "", true, err
 		}
 		return "", false, err
