@@ -71,8 +71,8 @@
 // below the applied one are ignored and counted (StaleIgnored, Duplicates).
 // The chunks of a round leave back to back, so waiting for all of them costs
 // microseconds; a lost chunk costs one round, repaired by the next one (at
-// most SendInterval later while the state changes, ReportTTL/3 otherwise) or
-// by push-pull. Per-chunk freshness would tolerate loss a little better but
+// most SendInterval later: the last change of a burst is sent twice) or by
+// push-pull. Per-chunk freshness would tolerate loss a little better but
 // could mix chunks cut at different boundaries.
 //
 // A report leaves the view when it is older than ReportTTL (a peer that
@@ -86,9 +86,11 @@
 //
 // Publish only stores the state and wakes the sender. The sender goroutine
 // sends at once on the first change after a quiet SendInterval, then at most
-// once per SendInterval while changes keep coming (coalescing), and at least
-// every ReportTTL/3 with or without changes, so peers' copies never expire
-// while the node lives. It sends each chunk to every alive member with
+// once per SendInterval while changes keep coming (coalescing), once more
+// SendInterval after the last change (so that one lost packet does not leave
+// peers on an old state until the refresh), and at least every ReportTTL/3
+// with or without changes, so peers' copies never expire while the node
+// lives. It sends each chunk to every alive member with
 // memberlist's SendBestEffort: one UDP packet, one hop, so the delay is one
 // packet flight whatever the cluster size. That costs (members-1) packets per
 // chunk per round and suits the clusters this balancer targets (up to about

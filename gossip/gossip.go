@@ -90,6 +90,7 @@ type Gossip struct {
 	sendBuf []BackendState           // sender goroutine only
 	seq     atomic.Uint64            // last sequence number used
 	last    atomic.Pointer[[][]byte] // chunks of the last round, for push-pull
+	lose    atomic.Int64             // tests: report packets to lose on the way out
 
 	// The view. Delegate callbacks take mu briefly and never call memberlist;
 	// nothing holds mu while calling memberlist.
@@ -820,10 +821,15 @@ func (g *Gossip) Stats() Stats {
 // sendLoop sends the full state: at once on the first change after a quiet
 // SendInterval, then at most every SendInterval while changes keep coming,
 // and at least every ReportTTL/3 regardless, so peers' copies stay fresh.
+// The last change of a burst goes out once more, SendInterval later: a
+// report is one unacknowledged UDP packet, and without the repeat a single
+// lost packet would leave peers on the state before the change until the
+// next refresh, while they take the sender's silence for "nothing changed".
 func (g *Gossip) sendLoop(ctx context.Context) {
 	refresh := g.cfg.ReportTTL / 3
 	var last time.Time
 	sentVer := ^uint64(0) // send once at start, so peers see us at once
+	repeat := false       // the last round carried a change not yet sent twice
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -837,15 +843,16 @@ func (g *Gossip) sendLoop(ctx context.Context) {
 		g.pubMu.Lock()
 		dirty := g.pubVer != sentVer
 		g.pubMu.Unlock()
-		pending := dirty || g.force.Load()
+		pending := dirty || repeat || g.force.Load()
 		if now.Sub(last) >= refresh || (pending && now.Sub(last) >= g.cfg.SendInterval) {
 			g.force.Store(false)
+			repeat = dirty
 			sentVer = g.sendRound()
 			last = now
 			g.pubMu.Lock()
 			pending = g.pubVer != sentVer
 			g.pubMu.Unlock()
-			pending = pending || g.force.Load()
+			pending = pending || repeat || g.force.Load()
 		}
 		next := last.Add(refresh)
 		if pending {
@@ -874,6 +881,10 @@ func (g *Gossip) sendRound() uint64 {
 	g.st.rounds.Add(1)
 	for _, n := range g.targets() {
 		for _, c := range chunks {
+			if g.lose.Load() > 0 { // only this goroutine takes from it
+				g.lose.Add(-1)
+				continue
+			}
 			g.send(&n, c)
 		}
 	}

@@ -85,6 +85,42 @@ func TestPublishReachesEveryPeer(t *testing.T) {
 	}
 }
 
+// A report is one UDP packet that nobody acknowledges. When the packet
+// carrying a node's last change is lost, its peers must not stay on the old
+// state until the next refresh (ReportTTL/3, 10 s here) while they take the
+// silence for "nothing changed": the change is sent a second time.
+func TestLostChangeIsRepaired(t *testing.T) {
+	nodes := startCluster(t, 2, func(c *Config) {
+		c.SendInterval = 20 * time.Millisecond
+		c.ReportTTL = 30 * time.Second
+		c.PushPullInterval = time.Minute
+	})
+	a, b := nodes[0], nodes[1]
+	first := []BackendState{{ID: "b1", InFlight: 3}}
+	a.Publish(first)
+	waitFor(t, propagation, "first state on b", func() error { return hasState(b, a.name, first) })
+	// Let the sender go quiet, so the next change leaves in one round at once.
+	before := a.Stats().Rounds
+	waitFor(t, propagation, "the first state's rounds done", func() error {
+		r := a.Stats().Rounds
+		time.Sleep(5 * a.cfg.SendInterval)
+		if a.Stats().Rounds != r {
+			return fmt.Errorf("still sending (%d rounds since)", r-before)
+		}
+		return nil
+	})
+
+	a.lose.Store(1) // b is the only peer: the change's one packet
+	second := []BackendState{{ID: "b1", InFlight: 9}}
+	sent := time.Now()
+	a.Publish(second)
+	waitFor(t, 3*time.Second, "the lost change on b", func() error { return hasState(b, a.name, second) })
+	t.Logf("the lost change reached b after %v", time.Since(sent).Round(time.Millisecond))
+	if n := a.lose.Load(); n != 0 {
+		t.Fatalf("%d packets still to lose: the change was never sent", n)
+	}
+}
+
 // Publish is called from many goroutines at once; the last state wins and
 // the sender coalesces: far fewer rounds than publishes.
 func TestPublishCoalescesConcurrentChanges(t *testing.T) {

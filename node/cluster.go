@@ -24,7 +24,8 @@ import (
 // proportional share of that peer's total, which is what the report still
 // says about the cluster when the detail is too old to mean anything. Age
 // here is how out of date a report can be, not when it came: peers send
-// within a send interval of any change, so a quiet peer's old report is
+// within a send interval of any change, and send it twice against a lost
+// packet, so a quiet peer's old report is
 // still current until its heartbeat is overdue (routeParams.staleness). When
 // every peer report is older than maxAge, the node falls back to its local
 // counts alone rather than steer by a picture of the past.
