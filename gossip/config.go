@@ -29,6 +29,12 @@ type Config struct {
 	Join []string
 	// JoinTimeout bounds the join retries (backoff 100ms doubling to 2s).
 	JoinTimeout time.Duration
+	// Rejoin lists members of an earlier run, name -> HOST:PORT, to find
+	// the cluster again without -join (a founder restarted with the flags
+	// it was first started with). Unlike Join they are tried in the
+	// background, like members declared dead, so a restart while they are
+	// all down neither blocks nor fails.
+	Rejoin map[string]string
 	// Key turns on memberlist's AES-GCM encryption: nil, or 16, 24 or 32
 	// bytes (flag -gossip-key). Every member needs the same key.
 	Key []byte

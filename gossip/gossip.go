@@ -105,6 +105,7 @@ type Gossip struct {
 	lifeMu sync.Mutex
 	life   int // guarded by lifeMu: lifeNew, lifeRunning, lifeDone
 
+	joined    chan struct{} // closed once Run has joined its seeds (or had none)
 	conflict  chan string   // buffer 1: another address claims our name
 	conflicts atomic.Uint64 // name conflicts about us seen so far
 	probe     time.Duration // memberlist's ProbeInterval: paces re-joins
@@ -185,6 +186,13 @@ func New(cfg Config) (*Gossip, error) {
 		conflict: make(chan string, 1),
 		nodes:    make(map[string]*nodeRec),
 		lost:     make(map[string]lostMember),
+		joined:   make(chan struct{}),
+	}
+	now := time.Now()
+	for name, addr := range cfg.Rejoin {
+		if name != cfg.Name && addr != "" {
+			g.lost[name] = lostMember{addr: addr, since: now, rejoin: true}
+		}
 	}
 	// A per-process start value: a restarted node's seqs are higher than
 	// anything its previous process sent (rounds are >= 1ms apart, far
@@ -211,6 +219,11 @@ func New(cfg Config) (*Gossip, error) {
 	g.addr = net.JoinHostPort(ln.Addr.String(), strconv.Itoa(int(ln.Port)))
 	return g, nil
 }
+
+// Joined is closed once Run has contacted one of Config.Join, or at once
+// when there are none. Members is the cluster's view from then on, not
+// only this node's.
+func (g *Gossip) Joined() <-chan struct{} { return g.joined }
 
 // Addr returns the gossip HOST:PORT peers use to reach this node: the
 // advertise address if one is set, else the bound address with the port the
@@ -259,6 +272,7 @@ func (g *Gossip) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	close(g.joined)
 	loops, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { g.sendLoop(loops) })
@@ -419,10 +433,12 @@ func (g *Gossip) joinCtx(ctx context.Context, addrs []string) (int, error) {
 	}
 }
 
-// lostMember is a member declared dead: where it was, and since when.
+// lostMember is a member declared dead, or one of Config.Rejoin: where it
+// was, and since when.
 type lostMember struct {
-	addr  string
-	since time.Time
+	addr   string
+	since  time.Time
+	rejoin bool // from Config.Rejoin, not declared dead in this run
 }
 
 // reconnectFor bounds how long a dead member is tried again (serf's
@@ -447,13 +463,17 @@ func (g *Gossip) reconnectLoop(ctx context.Context) {
 	t := time.NewTicker(5 * g.probe)
 	defer t.Stop()
 	d := net.Dialer{Timeout: reconnectDial}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+	for first := true; ; first = false {
+		// The first pass runs at once: it finds Config.Rejoin's members.
+		if !first {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
 		}
-		for name, addr := range g.lostAddrs(time.Now()) {
+		for name, l := range g.lostAddrs(time.Now()) {
+			addr := l.addr
 			c, err := d.DialContext(ctx, "tcp", addr)
 			if err != nil {
 				continue // still unreachable
@@ -470,9 +490,12 @@ func (g *Gossip) reconnectLoop(ctx context.Context) {
 			// addr. Its push-pull has run our join events, so the name is
 			// alive by now if it came back; if another node answered, its
 			// join event has dropped the entry.
-			if g.alive(name) {
+			switch {
+			case g.alive(name) && l.rejoin:
+				g.log.Info("rejoined the gossip cluster through a member of the previous run", "node", name, "addr", addr)
+			case g.alive(name):
 				g.log.Info("reconnected to a member declared dead (a healed partition)", "node", name, "addr", addr)
-			} else {
+			default:
 				g.log.Debug("gossip reconnect reached a member's address but not the member", "node", name, "addr", addr)
 			}
 		}
@@ -483,12 +506,12 @@ func (g *Gossip) reconnectLoop(ctx context.Context) {
 // those lost for longer than reconnectFor, and those whose address an alive
 // member holds (the join and update events drop those too; this catches
 // whatever they missed).
-func (g *Gossip) lostAddrs(now time.Time) map[string]string {
+func (g *Gossip) lostAddrs(now time.Time) map[string]lostMember {
 	type drop struct{ name, addr, holder string }
 	var dropped []drop
 	g.mu.Lock()
 	held := g.aliveAt()
-	out := make(map[string]string, len(g.lost))
+	out := make(map[string]lostMember, len(g.lost))
 	for name, l := range g.lost {
 		switch {
 		case now.Sub(l.since) > reconnectFor:
@@ -497,7 +520,7 @@ func (g *Gossip) lostAddrs(now time.Time) map[string]string {
 			delete(g.lost, name)
 			dropped = append(dropped, drop{name, l.addr, held[l.addr]})
 		default:
-			out[name] = l.addr
+			out[name] = l
 		}
 	}
 	g.mu.Unlock()
