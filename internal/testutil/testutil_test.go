@@ -144,3 +144,21 @@ func TestScrapeAndSample(t *testing.T) {
 		t.Errorf("a malformed page: %q", msg)
 	}
 }
+
+func TestSyncBufferWhileWritten(t *testing.T) {
+	var b SyncBuffer
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 100 {
+			fmt.Fprint(&b, "x")
+		}
+	}()
+	for range 100 {
+		_ = b.String() // -race checks this against the writes
+	}
+	<-done
+	if got := b.String(); got != strings.Repeat("x", 100) {
+		t.Fatalf("String() = %q", got)
+	}
+}
