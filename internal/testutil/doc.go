@@ -1,6 +1,7 @@
 // Package testutil holds the helpers that the tests of several packages
 // share: a bounded poll (Eventually), a loopback address nothing listens on
-// (FreeAddr) and a parsed Prometheus /metrics page (Scrape, Sample).
+// (FreeAddr), a parsed Prometheus /metrics page (Scrape, Sample) and a
+// buffer that a logger and the test may use at once (SyncBuffer).
 //
 // It serves tests only. Import it from _test.go files, never from code that
 // ships in the balancer (make lint checks this). Its helpers fail the test
