@@ -38,6 +38,7 @@ lint:
 	$(GO) vet $(PKGS)
 	@if command -v staticcheck >/dev/null 2>&1; then staticcheck $(PKGS); else echo "staticcheck not installed (make tools); skipped"; fi
 	@! $(GO) list -f '{{join .Imports "\n"}}' ./proxy/pick | grep -q '\.' || (echo "proxy/pick must import only the standard library" && exit 1)
+	@! $(GO) list -f '{{join .Imports "\n"}}' $(PKGS) | grep -qx 'github.com/thebalancer/balancer/internal/testutil' || (echo "internal/testutil is for _test.go files only" && exit 1)
 
 tools:
 	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)

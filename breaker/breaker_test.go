@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 // testConfig starts from the defaults and shrinks the timers.
@@ -17,6 +19,9 @@ func testConfig() Config {
 	cfg.FlushInterval = 5 * time.Millisecond
 	return cfg
 }
+
+// within bounds every wait in these tests.
+const within = 5 * time.Second
 
 type change struct {
 	backend  string
@@ -86,22 +91,10 @@ func startSet(t *testing.T, node string, cfg Config) (*Set, *recorder) {
 	return s, rec
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // fail sends failing requests through c until it opens.
 func fail(t *testing.T, c *Circuit) {
 	t.Helper()
-	eventually(t, c.backend+" to open", func() bool {
+	testutil.Eventually(t, within, c.backend+" to open", func() bool {
 		for range 5 {
 			if ok, _ := c.Allow(); ok {
 				c.Done(false, false)
@@ -114,7 +107,7 @@ func fail(t *testing.T, c *Circuit) {
 // trial waits for c to turn half-open and takes its trial.
 func trial(t *testing.T, c *Circuit) {
 	t.Helper()
-	eventually(t, c.backend+" to turn half-open", func() bool { return c.State() == HalfOpen })
+	testutil.Eventually(t, within, c.backend+" to turn half-open", func() bool { return c.State() == HalfOpen })
 	if ok, tr := c.Allow(); !ok || !tr {
 		t.Fatalf("Allow on a fresh half-open circuit = %v, %v; want the trial", ok, tr)
 	}
@@ -149,7 +142,7 @@ func TestFailuresOpen(t *testing.T) {
 		t.Fatalf("Allow on open = %v, %v; want false, false", ok, tr)
 	}
 	want := change{"b1", Closed, Open}
-	eventually(t, "onChange "+want.String(), func() bool { return rec.has(want) })
+	testutil.Eventually(t, within, "onChange "+want.String(), func() bool { return rec.has(want) })
 	if got := s.States()["b1"]; got != Open {
 		t.Fatalf("States()[b1] = %v, want open", got)
 	}
@@ -165,7 +158,7 @@ func TestFewFailuresStayClosed(t *testing.T) {
 			mixed.Allow()
 			mixed.Done(false, i%5 >= 2)
 		}
-		eventually(t, "the flusher to take the round", func() bool {
+		testutil.Eventually(t, within, "the flusher to take the round", func() bool {
 			return mixed.successes.Load()+mixed.failures.Load() == 0
 		})
 	}
@@ -174,7 +167,7 @@ func TestFewFailuresStayClosed(t *testing.T) {
 	// mixed circuit's last round: once it is open, mixed had its chance.
 	fail(t, probe)
 	fail(t, probe) // and then some more flushes
-	eventually(t, "probe's onChange", func() bool { return rec.has(change{"probe", Closed, Open}) })
+	testutil.Eventually(t, within, "probe's onChange", func() bool { return rec.has(change{"probe", Closed, Open}) })
 	if st := mixed.State(); st != Closed {
 		t.Fatalf("40%% errors opened the circuit: %v", st)
 	}
@@ -189,7 +182,7 @@ func TestHalfOpenSingleTrialThenClose(t *testing.T) {
 	c := s.Circuit("b1")
 	fail(t, c)
 	opened := time.Now()
-	eventually(t, "half-open", func() bool { return c.State() == HalfOpen })
+	testutil.Eventually(t, within, "half-open", func() bool { return c.State() == HalfOpen })
 	if d := time.Since(opened); d < cfg.SleepWindow/2 {
 		// opened is taken after the trip, so allow for flush lag on both sides.
 		t.Fatalf("half-open after %v, sleep window %v", d, cfg.SleepWindow)
@@ -226,7 +219,7 @@ func TestHalfOpenSingleTrialThenClose(t *testing.T) {
 	if st := c.State(); st != Closed {
 		t.Fatalf("after a successful trial: %v, want closed at once", st)
 	}
-	eventually(t, "onChange half-open->closed", func() bool { return rec.has(change{"b1", HalfOpen, Closed}) })
+	testutil.Eventually(t, within, "onChange half-open->closed", func() bool { return rec.has(change{"b1", HalfOpen, Closed}) })
 	want := []change{{"b1", Closed, Open}, {"b1", Open, HalfOpen}, {"b1", HalfOpen, Closed}}
 	if got := rec.of("b1"); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("onChange calls %v, want %v", got, want)
@@ -241,7 +234,7 @@ func TestHalfOpenSingleTrialThenClose(t *testing.T) {
 		}
 		c.Done(false, true)
 	}
-	eventually(t, "the flusher to take the successes", func() bool {
+	testutil.Eventually(t, within, "the flusher to take the successes", func() bool {
 		return c.successes.Load() == 0
 	})
 	fail(t, s.Circuit("probe"))
@@ -269,7 +262,7 @@ func TestTrialFailureReopens(t *testing.T) {
 		t.Fatalf("next trial %v after the failed one, want >= %v", d, cfg.SleepWindow)
 	}
 	c.Done(true, true)
-	eventually(t, "closed", func() bool { return rec.has(change{"b1", HalfOpen, Closed}) })
+	testutil.Eventually(t, within, "closed", func() bool { return rec.has(change{"b1", HalfOpen, Closed}) })
 	want := []change{
 		{"b1", Closed, Open}, {"b1", Open, HalfOpen},
 		{"b1", HalfOpen, Open}, {"b1", Open, HalfOpen}, {"b1", HalfOpen, Closed},
@@ -353,7 +346,7 @@ func TestSetsDoNotShare(t *testing.T) {
 
 func TestRunTwice(t *testing.T) {
 	s, _ := startSet(t, "n1", testConfig())
-	eventually(t, "Run to start", s.running.Load)
+	testutil.Eventually(t, within, "Run to start", s.running.Load)
 	if err := s.Run(context.Background()); err == nil {
 		t.Fatal("second Run returned nil")
 	}

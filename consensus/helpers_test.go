@@ -1,36 +1,19 @@
 package consensus
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
-// lockedBuffer collects a test's raft log; it is printed only on failure.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func testLogger(t testing.TB) *slog.Logger {
-	var buf lockedBuffer
+	// buf collects the raft log; it is printed only on failure.
+	var buf testutil.SyncBuffer
 	t.Cleanup(func() { // registered first, so it runs after the stores closed
 		if t.Failed() {
 			t.Logf("raft log:\n%s", buf.String())
@@ -61,22 +44,6 @@ func openStore(t testing.TB, o Options) *Store {
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	return s
-}
-
-// waitFor polls cond until it returns nil or the deadline passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func ctxTimeout(t testing.TB, d time.Duration) context.Context {
@@ -115,14 +82,14 @@ func newClusterWith(t testing.TB, n int, edit func(i int, o *Options)) *testClus
 	if err := c.stores[0].BootstrapSelf(); err != nil {
 		t.Fatalf("bootstrap: %v", err)
 	}
-	waitFor(t, 5*time.Second, "first leader", func() error {
+	testutil.Eventually(t, 5*time.Second, "first leader", func() error {
 		if !c.stores[0].IsLeader() {
 			return errors.New("n0 is " + c.stores[0].State())
 		}
 		return nil
 	})
 	for _, s := range c.stores[1:] {
-		waitFor(t, 10*time.Second, "add voter "+s.ID(), func() error {
+		testutil.Eventually(t, 10*time.Second, "add voter "+s.ID(), func() error {
 			return c.leader().AddVoter(ctxTimeout(t, 5*time.Second), s.ID(), s.RaftAddr())
 		})
 	}
@@ -134,7 +101,7 @@ func newClusterWith(t testing.TB, n int, edit func(i int, o *Options)) *testClus
 // configuration of want servers.
 func (c *testCluster) waitStable(want int) {
 	c.t.Helper()
-	waitFor(c.t, 10*time.Second, "cluster stable", func() error {
+	testutil.Eventually(c.t, 10*time.Second, "cluster stable", func() error {
 		var leader string
 		for _, s := range c.running() {
 			id, _ := s.Leader()
@@ -174,7 +141,7 @@ func (c *testCluster) leader() *Store {
 func (c *testCluster) waitLeader() *Store {
 	c.t.Helper()
 	var l *Store
-	waitFor(c.t, 10*time.Second, "leader", func() error {
+	testutil.Eventually(c.t, 10*time.Second, "leader", func() error {
 		if l = c.leader(); l == nil {
 			return errors.New("no leader")
 		}
@@ -188,7 +155,7 @@ func (c *testCluster) waitLeader() *Store {
 func (c *testCluster) apply(cmd Command) Result {
 	c.t.Helper()
 	var res Result
-	waitFor(c.t, 10*time.Second, fmt.Sprintf("apply %s", cmd.Op), func() error {
+	testutil.Eventually(c.t, 10*time.Second, fmt.Sprintf("apply %s", cmd.Op), func() error {
 		l := c.leader()
 		if l == nil {
 			return ErrNoLeader

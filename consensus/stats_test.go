@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 func TestStatsFollowTheCluster(t *testing.T) {
@@ -34,7 +36,7 @@ func TestStatsFollowTheCluster(t *testing.T) {
 		}
 		// A follower hears heartbeats: its last contact stays well under
 		// the election timeout once the cluster is stable.
-		waitFor(t, 5*time.Second, s.ID()+" stats", func() error {
+		testutil.Eventually(t, 5*time.Second, s.ID()+" stats", func() error {
 			st := s.Stats()
 			if st.State != "follower" || st.Term != ls.Term || st.CommitIndex < res.Index ||
 				st.LastContact < 0 || st.LastContact > 2*time.Second {

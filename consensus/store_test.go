@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"reflect"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 var seedSet = []Backend{
@@ -157,7 +158,7 @@ func TestCluster(t *testing.T) {
 		t.Errorf("write proposed without quorum = %v, want it marked ErrOutcomeUnknown", err)
 	}
 	t.Logf("write without quorum refused after %v: %v", time.Since(start).Round(time.Millisecond), err)
-	waitFor(t, 5*time.Second, "survivor steps down", func() error {
+	testutil.Eventually(t, 5*time.Second, "survivor steps down", func() error {
 		if survivor.IsLeader() {
 			return errors.New("still leader")
 		}
@@ -194,7 +195,7 @@ func TestWaitIndexAndSubscriptions(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no leadership signal after bootstrap")
 	}
-	waitFor(t, 5*time.Second, "leader", func() error {
+	testutil.Eventually(t, 5*time.Second, "leader", func() error {
 		if !s.IsLeader() || s.State() != "leader" {
 			return errors.New(s.State())
 		}
@@ -281,7 +282,7 @@ func TestBootstrapGuard(t *testing.T) {
 	if err := s.BootstrapSelf(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "leader", func() error {
+	testutil.Eventually(t, 5*time.Second, "leader", func() error {
 		if !s.IsLeader() {
 			return errors.New(s.State())
 		}
@@ -315,7 +316,7 @@ func TestBootstrapGuard(t *testing.T) {
 		t.Fatalf("servers after guarded bootstraps = %+v %v", srv, err)
 	}
 	// It elects itself from its stored configuration and takes writes.
-	waitFor(t, 5*time.Second, "leader after restart", func() error {
+	testutil.Eventually(t, 5*time.Second, "leader after restart", func() error {
 		if !s.IsLeader() {
 			return errors.New(s.State())
 		}
@@ -389,7 +390,7 @@ func TestUnguardedBootstrapDiverges(t *testing.T) {
 		if err := s.BootstrapSelf(); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 5*time.Second, s.ID()+" leader", func() error {
+		testutil.Eventually(t, 5*time.Second, s.ID()+" leader", func() error {
 			if !s.IsLeader() {
 				return errors.New(s.State())
 			}
@@ -440,7 +441,7 @@ func TestLeaderSeesUnreachableServers(t *testing.T) {
 		t.Fatal("a healthy follower counts as unreachable")
 	}
 	c.stop(c.index(gone))
-	waitFor(t, 10*time.Second, "the leader to see the stopped follower unreachable", func() error {
+	testutil.Eventually(t, 10*time.Second, "the leader to see the stopped follower unreachable", func() error {
 		if !leader.Unreachable(gone.ID()) {
 			return errors.New("not yet")
 		}
@@ -459,12 +460,7 @@ func TestLeaderSeesUnreachableServers(t *testing.T) {
 func TestAddVoterRefusesUnreachableServer(t *testing.T) {
 	c := newCluster(t, 1)
 	leader := c.waitLeader()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := testutil.FreeAddr(t)
 	if err := leader.AddVoter(ctxTimeout(t, 5*time.Second), "gone", addr); err == nil || !strings.Contains(err.Error(), "refused") {
 		t.Fatalf("adding a server nobody listens for: %v; want connection refused", err)
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/thebalancer/balancer/internal/testutil"
 	"github.com/thebalancer/balancer/pki"
 )
 
@@ -303,13 +304,8 @@ func TestAddVoterRefusedByPeer(t *testing.T) {
 func TestAddVoterUnreachableIsNotTLS(t *testing.T) {
 	cfgs := testTLS(t, "n0")
 	c := newClusterWith(t, 1, func(i int, o *Options) { o.TLS = cfgs[o.NodeID] })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	err = c.waitLeader().AddVoter(ctxTimeout(t, 5*time.Second), "gone", addr)
+	addr := testutil.FreeAddr(t)
+	err := c.waitLeader().AddVoter(ctxTimeout(t, 5*time.Second), "gone", addr)
 	if err == nil || errors.Is(err, ErrPeerTLS) || !strings.Contains(err.Error(), "refused") {
 		t.Fatalf("adding a server nobody listens for: %v; want a connection refused that is not ErrPeerTLS", err)
 	}

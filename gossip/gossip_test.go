@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 // The propagation deadline the cluster tests assert. On loopback a change
@@ -31,7 +33,7 @@ func TestClusterMembersSeeEachOther(t *testing.T) {
 		}
 	}
 	// Every node sends its (empty) state at once, so each sees 3 live peers.
-	waitFor(t, propagation, "3 peer reports on every node", func() error {
+	testutil.Eventually(t, propagation, "3 peer reports on every node", func() error {
 		for _, nd := range nodes {
 			if ps := nd.Peers(); len(ps) != 3 {
 				return fmt.Errorf("%s has reports from [%s]", nd.name, names(ps))
@@ -57,7 +59,7 @@ func TestPublishReachesEveryPeer(t *testing.T) {
 		}
 		began := time.Now()
 		src.Publish(want)
-		waitFor(t, propagation, fmt.Sprintf("round %d visible everywhere", round), func() error {
+		testutil.Eventually(t, propagation, fmt.Sprintf("round %d visible everywhere", round), func() error {
 			for _, nd := range nodes {
 				if nd == src {
 					continue
@@ -141,7 +143,7 @@ func TestPublishCoalescesConcurrentChanges(t *testing.T) {
 	}
 	final := []BackendState{{ID: "b", InFlight: -1}}
 	a.Publish(final)
-	waitFor(t, propagation, "final state on b", func() error { return hasState(b, a.name, final) })
+	testutil.Eventually(t, propagation, "final state on b", func() error { return hasState(b, a.name, final) })
 	if rounds := a.Stats().Rounds - before; rounds > 100 {
 		t.Errorf("8001 publishes took %d send rounds; want coalescing", rounds)
 	}
@@ -152,9 +154,9 @@ func TestTwoHundredBackendsReachAPeer(t *testing.T) {
 	a, b := nodes[0], nodes[1]
 	want := backends(200, "backend-%03d")
 	a.Publish(want)
-	waitFor(t, propagation, "200 backends on b", func() error { return hasState(b, a.name, want) })
+	testutil.Eventually(t, propagation, "200 backends on b", func() error { return hasState(b, a.name, want) })
 	// (b may apply the last chunk before a's sender counts it: poll.)
-	waitFor(t, propagation, "a split round counted", func() error {
+	testutil.Eventually(t, propagation, "a split round counted", func() error {
 		if st := a.Stats(); st.MessagesSent < st.Rounds+2 {
 			return fmt.Errorf("%d messages in %d rounds: the 200 backends were not split", st.MessagesSent, st.Rounds)
 		}
@@ -163,7 +165,7 @@ func TestTwoHundredBackendsReachAPeer(t *testing.T) {
 	// And a much bigger state (many chunks) travels too.
 	big := backends(2000, "a-rather-long-backend-name-%04d")
 	a.Publish(big)
-	waitFor(t, propagation, "2000 backends on b", func() error { return hasState(b, a.name, big) })
+	testutil.Eventually(t, propagation, "2000 backends on b", func() error { return hasState(b, a.name, big) })
 }
 
 // A replayed older chunk from a real peer, over real UDP, is ignored.
@@ -172,7 +174,7 @@ func TestStaleSeqIgnored(t *testing.T) {
 	a, b := nodes[0], nodes[1]
 	want := []BackendState{{ID: "b1", InFlight: 5}}
 	a.Publish(want)
-	waitFor(t, propagation, "b sees a's report", func() error { return hasState(b, a.name, want) })
+	testutil.Eventually(t, propagation, "b sees a's report", func() error { return hasState(b, a.name, want) })
 	p, _ := report(b, a.name)
 
 	staleBefore := b.Stats().StaleIgnored
@@ -189,7 +191,7 @@ func TestStaleSeqIgnored(t *testing.T) {
 	if len(target) != 1 {
 		t.Fatal("a does not list b as a target")
 	}
-	waitFor(t, propagation, "stale counter", func() error {
+	testutil.Eventually(t, propagation, "stale counter", func() error {
 		if b.Stats().StaleIgnored == staleBefore {
 			return fmt.Errorf("StaleIgnored still %d", staleBefore)
 		}
@@ -206,7 +208,7 @@ func TestLeaveRemovesReportAndShowsLeft(t *testing.T) {
 	leaver := nodes[2]
 	leaver.Publish([]BackendState{{ID: "b1", InFlight: 3}})
 	for _, nd := range nodes[:2] {
-		waitFor(t, propagation, "report from leaver", func() error {
+		testutil.Eventually(t, propagation, "report from leaver", func() error {
 			return hasState(nd, leaver.name, []BackendState{{ID: "b1", InFlight: 3}})
 		})
 	}
@@ -216,7 +218,7 @@ func TestLeaveRemovesReportAndShowsLeft(t *testing.T) {
 	}
 	// ReportTTL is a minute: only the leave itself can remove the report.
 	for _, nd := range nodes[:2] {
-		waitFor(t, propagation, "leaver gone from "+nd.name, func() error {
+		testutil.Eventually(t, propagation, "leaver gone from "+nd.name, func() error {
 			if _, ok := report(nd, leaver.name); ok {
 				return fmt.Errorf("%s still has the leaver's report", nd.name)
 			}
@@ -228,7 +230,7 @@ func TestLeaveRemovesReportAndShowsLeft(t *testing.T) {
 	}
 	t.Logf("leave seen by both peers after %v", time.Since(began).Round(time.Millisecond))
 	// memberlist's own leave arrives too; the state stays "left".
-	waitFor(t, propagation, "memberlist leave event", func() error {
+	testutil.Eventually(t, propagation, "memberlist leave event", func() error {
 		for _, nd := range nodes[:2] {
 			nd.mu.Lock()
 			r := nd.nodes[leaver.name]
@@ -247,7 +249,7 @@ func TestCrashedNodeDeclaredDead(t *testing.T) {
 	victim := nodes[2]
 	victim.Publish([]BackendState{{ID: "b1", InFlight: 9}})
 	for _, nd := range nodes[:2] {
-		waitFor(t, propagation, "report from victim", func() error {
+		testutil.Eventually(t, propagation, "report from victim", func() error {
 			return hasState(nd, victim.name, []BackendState{{ID: "b1", InFlight: 9}})
 		})
 	}
@@ -257,7 +259,7 @@ func TestCrashedNodeDeclaredDead(t *testing.T) {
 	}
 	// The TTL is a minute, so only memberlist's failure detector removes it.
 	for _, nd := range nodes[:2] {
-		waitFor(t, 30*time.Second, "victim declared dead on "+nd.name, func() error {
+		testutil.Eventually(t, 30*time.Second, "victim declared dead on "+nd.name, func() error {
 			if _, ok := report(nd, victim.name); ok {
 				return fmt.Errorf("%s still has the victim's report", nd.name)
 			}
@@ -276,7 +278,7 @@ func TestReportExpiresAfterTTL(t *testing.T) {
 	nodes := startCluster(t, 2, nil)
 	a, b := nodes[0], nodes[1]
 	a.Publish([]BackendState{{ID: "b1", InFlight: 1}})
-	waitFor(t, propagation, "report", func() error { return hasState(b, a.name, []BackendState{{ID: "b1", InFlight: 1}}) })
+	testutil.Eventually(t, propagation, "report", func() error { return hasState(b, a.name, []BackendState{{ID: "b1", InFlight: 1}}) })
 	// From now on b treats every report from a as stale, as if a's packets
 	// stopped arriving while memberlist still sees a alive.
 	b.mu.Lock()
@@ -284,7 +286,7 @@ func TestReportExpiresAfterTTL(t *testing.T) {
 	b.mu.Unlock()
 	sub := b.Subscribe()
 	began := time.Now()
-	waitFor(t, 3*time.Second, "report expired", func() error {
+	testutil.Eventually(t, 3*time.Second, "report expired", func() error {
 		if _, ok := report(b, a.name); ok {
 			return fmt.Errorf("still live after %v", time.Since(began))
 		}
@@ -293,7 +295,7 @@ func TestReportExpiresAfterTTL(t *testing.T) {
 	if age := time.Since(began); age < 500*time.Millisecond {
 		t.Errorf("report left after %v, before the 1s TTL could pass", age)
 	}
-	waitFor(t, 2*time.Second, "expiry signalled and member suspect", func() error {
+	testutil.Eventually(t, 2*time.Second, "expiry signalled and member suspect", func() error {
 		select {
 		case <-sub:
 		default:
@@ -348,7 +350,7 @@ func TestMismatchedKeysDoNotMerge(t *testing.T) {
 	c.Key = key1
 	c.Join = []string{a.Addr()}
 	cn := start(t, c)
-	waitFor(t, propagation, "same key joins", func() error { return wantAlive(cn, []*node{a, cn}) })
+	testutil.Eventually(t, propagation, "same key joins", func() error { return wantAlive(cn, []*node{a, cn}) })
 }
 
 // A node restarted under the same name, on a new port, rejoins; its new
@@ -361,7 +363,7 @@ func TestRestartedNodeRejoins(t *testing.T) {
 			old := nodes[2]
 			old.Publish([]BackendState{{ID: "b1", InFlight: 1}})
 			var oldSeq uint64
-			waitFor(t, propagation, "old report", func() error {
+			testutil.Eventually(t, propagation, "old report", func() error {
 				if err := hasState(nodes[0], old.name, []BackendState{{ID: "b1", InFlight: 1}}); err != nil {
 					return err
 				}
@@ -385,7 +387,7 @@ func TestRestartedNodeRejoins(t *testing.T) {
 			}
 			want := []BackendState{{ID: "b1", InFlight: 2}}
 			nn.Publish(want)
-			waitFor(t, 30*time.Second, "restarted node's report everywhere", func() error {
+			testutil.Eventually(t, 30*time.Second, "restarted node's report everywhere", func() error {
 				for _, nd := range nodes[:2] {
 					if err := hasState(nd, old.name, want); err != nil {
 						return err
@@ -410,14 +412,14 @@ func TestRestartedNodeRejoins(t *testing.T) {
 }
 
 func TestJoinRetriesUntilASeedAppears(t *testing.T) {
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	b := start(t, func() Config {
 		c := testConfig(t, "late-joiner")
 		c.Join = []string{addr}
 		return c
 	}())
 	// Let b fail a few attempts, then start the seed on that address.
-	waitFor(t, 5*time.Second, "three failed attempts", func() error {
+	testutil.Eventually(t, 5*time.Second, "three failed attempts", func() error {
 		if n := b.joinAttempts.Load(); n < 3 {
 			return fmt.Errorf("%d attempts", n)
 		}
@@ -426,12 +428,12 @@ func TestJoinRetriesUntilASeedAppears(t *testing.T) {
 	c := testConfig(t, "seed")
 	c.Bind = addr
 	a := start(t, c)
-	waitFor(t, 10*time.Second, "joined after retries", func() error { return wantAlive(b, []*node{a, b}) })
+	testutil.Eventually(t, 10*time.Second, "joined after retries", func() error { return wantAlive(b, []*node{a, b}) })
 }
 
 func TestJoinGivesUpAfterTimeout(t *testing.T) {
 	cfg := testConfig(t, "lonely")
-	cfg.Join = []string{freeAddr(t)}
+	cfg.Join = []string{testutil.FreeAddr(t)}
 	cfg.JoinTimeout = 400 * time.Millisecond
 	g, err := New(cfg)
 	if err != nil {
@@ -458,26 +460,13 @@ func TestJoinGivesUpAfterTimeout(t *testing.T) {
 	}
 }
 
-// freeAddr returns a loopback HOST:PORT with nothing listening (UDP and TCP
-// were free a moment ago).
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
-}
-
 func TestUpdateMetaReachesPeers(t *testing.T) {
 	nodes := startCluster(t, 2, nil)
 	a, b := nodes[0], nodes[1]
 	if err := a.UpdateMeta(map[string]string{"raft": "127.0.0.1:9000"}, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, propagation, "meta on b", func() error {
+	testutil.Eventually(t, propagation, "meta on b", func() error {
 		for _, m := range b.Members() {
 			if m.Name == a.name && m.Meta["raft"] == "127.0.0.1:9000" {
 				return nil
@@ -507,7 +496,7 @@ func TestLifecycle(t *testing.T) {
 	}
 
 	n := start(t, testConfig(t, "solo2"))
-	waitFor(t, 5*time.Second, "Run started", func() error {
+	testutil.Eventually(t, 5*time.Second, "Run started", func() error {
 		n.lifeMu.Lock()
 		defer n.lifeMu.Unlock()
 		if n.life != lifeRunning {
@@ -568,7 +557,7 @@ func TestReconnectAfterForgotten(t *testing.T) {
 	if err := victim.crash(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	waitFor(t, 60*time.Second, "the victim declared dead and then forgotten", func() error {
+	testutil.Eventually(t, 60*time.Second, "the victim declared dead and then forgotten", func() error {
 		for _, m := range nodes[0].Members() {
 			if m.Name == victim.name {
 				return fmt.Errorf("still listed as %s", m.State)
@@ -580,7 +569,7 @@ func TestReconnectAfterForgotten(t *testing.T) {
 	cfg.Bind = addr
 	back := start(t, cfg)
 	began := time.Now()
-	waitFor(t, 30*time.Second, "the victim alive again on both sides", func() error {
+	testutil.Eventually(t, 30*time.Second, "the victim alive again on both sides", func() error {
 		if s := memberState(nodes[0], victim.name); s != StateAlive {
 			return fmt.Errorf("%s lists %s as %q", nodes[0].name, victim.name, s)
 		}
@@ -614,7 +603,7 @@ func TestReconnectStopsWhenAnotherNodeHoldsTheAddress(t *testing.T) {
 	if err := victim.crash(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	waitFor(t, 30*time.Second, "the victim declared dead", func() error {
+	testutil.Eventually(t, 30*time.Second, "the victim declared dead", func() error {
 		if s := memberState(a, victim.name); s != StateDead {
 			return fmt.Errorf("%s lists %s as %s", a.name, victim.name, s)
 		}
@@ -629,7 +618,7 @@ func TestReconnectStopsWhenAnotherNodeHoldsTheAddress(t *testing.T) {
 	cfg.Bind = addr
 	cfg.Join = []string{a.Addr()}
 	start(t, cfg)
-	waitFor(t, 10*time.Second, "the newcomer alive", func() error {
+	testutil.Eventually(t, 10*time.Second, "the newcomer alive", func() error {
 		if s := memberState(a, "newcomer"); s != StateAlive {
 			return fmt.Errorf("%s lists newcomer as %s", a.name, s)
 		}
@@ -637,7 +626,7 @@ func TestReconnectStopsWhenAnotherNodeHoldsTheAddress(t *testing.T) {
 	})
 	// The reconnect loop ticks every 5 probe intervals (500 ms here): a
 	// second is enough for the join event to have dropped the entry.
-	waitFor(t, time.Second, "the dead member's entry dropped", func() error {
+	testutil.Eventually(t, time.Second, "the dead member's entry dropped", func() error {
 		if l := lostNames(a); len(l) != 0 {
 			return fmt.Errorf("%s still reconnects to %v", a.name, l)
 		}

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 // testConfig is a loopback config with every timer shortened, in the
@@ -147,7 +149,7 @@ func startCluster(t testing.TB, n int, tweak func(*Config)) []*node {
 			}
 		}
 	})
-	waitFor(t, 20*time.Second, "all members alive everywhere", func() error {
+	testutil.Eventually(t, 20*time.Second, "all members alive everywhere", func() error {
 		for _, nd := range nodes {
 			if err := wantAlive(nd, nodes); err != nil {
 				return err
@@ -170,24 +172,6 @@ func wantAlive(nd *node, nodes []*node) error {
 		}
 	}
 	return nil
-}
-
-// waitFor polls cond every 5ms until it returns nil, failing the test with
-// cond's last error when timeout passes. Every wait in these tests is
-// bounded by it; none sleeps and hopes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s: %v", timeout, what, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // report returns nd's view of from's report, if live.

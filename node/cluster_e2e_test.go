@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/thebalancer/balancer/gossip"
+	"github.com/thebalancer/balancer/internal/testutil"
 	"github.com/thebalancer/balancer/node/admin"
 	"github.com/thebalancer/balancer/proxy"
 	"github.com/thebalancer/balancer/proxy/pick"
@@ -122,7 +123,7 @@ func peerCount(bl admin.BackendLoad, node string) (int64, bool) {
 func TestClusterMembersSeeEachOther(t *testing.T) {
 	nodes := startCluster(t, 3, pick.LeastConn)
 	for _, n := range nodes {
-		eventually(t, 10*time.Second, n.Name()+" to see 3 alive members", func() bool {
+		testutil.Eventually(t, 10*time.Second, n.Name()+" to see 3 alive members", func() bool {
 			m, err := admin.NewClient(n.AdminAddr(), "").Members(context.Background())
 			if err != nil || len(m.Members) != 3 {
 				return false
@@ -141,7 +142,7 @@ func TestClusterCountsTravelAndVanishOnLeave(t *testing.T) {
 	slow := startBackend(t, "slow", "http")
 	nodes := startCluster(t, 3, pick.LeastConn, proxy.Backend{ID: "slow", Address: slow.Addr(), Weight: 1})
 	for _, n := range nodes {
-		eventually(t, 10*time.Second, "peers' reports in "+n.Name()+"'s view", func() bool {
+		testutil.Eventually(t, 10*time.Second, "peers' reports in "+n.Name()+"'s view", func() bool {
 			_, ok2 := peerCount(n.load(t)["slow"], nodes[(indexOf(nodes, n)+1)%3].Name())
 			return ok2
 		})
@@ -158,7 +159,7 @@ func TestClusterCountsTravelAndVanishOnLeave(t *testing.T) {
 		}()
 	}
 	for _, n := range nodes[1:] {
-		eventually(t, 5*time.Second, n.Name()+" to see n1's 4 in-flight requests", func() bool {
+		testutil.Eventually(t, 5*time.Second, n.Name()+" to see n1's 4 in-flight requests", func() bool {
 			bl := n.load(t)["slow"]
 			c, _ := peerCount(bl, "n1")
 			return c == 4 && bl.Cluster == 4
@@ -168,7 +169,7 @@ func TestClusterCountsTravelAndVanishOnLeave(t *testing.T) {
 		<-held
 	}
 	for _, n := range nodes[1:] {
-		eventually(t, 5*time.Second, n.Name()+" to see n1 back at 0", func() bool {
+		testutil.Eventually(t, 5*time.Second, n.Name()+" to see n1 back at 0", func() bool {
 			c, ok := peerCount(n.load(t)["slow"], "n1")
 			return ok && c == 0
 		})
@@ -176,11 +177,11 @@ func TestClusterCountsTravelAndVanishOnLeave(t *testing.T) {
 	// n1 leaves: its slot leaves every view.
 	nodes[0].shutdown(t)
 	for _, n := range nodes[1:] {
-		eventually(t, 5*time.Second, "n1's report to leave "+n.Name()+"'s view", func() bool {
+		testutil.Eventually(t, 5*time.Second, "n1's report to leave "+n.Name()+"'s view", func() bool {
 			_, ok := peerCount(n.load(t)["slow"], "n1")
 			return !ok
 		})
-		eventually(t, 5*time.Second, n.Name()+" to list n1 as left", func() bool {
+		testutil.Eventually(t, 5*time.Second, n.Name()+" to list n1 as left", func() bool {
 			m, _ := admin.NewClient(n.AdminAddr(), "").Members(context.Background())
 			for _, mb := range m.Members {
 				if mb.Name == "n1" {
@@ -211,16 +212,16 @@ func TestSharedCircuitStopsPeersFromSending(t *testing.T) {
 		proxy.Backend{ID: "good1", Address: good1.Addr(), Weight: 1},
 		proxy.Backend{ID: "good2", Address: good2.Addr(), Weight: 1})
 	for _, n := range nodes {
-		eventually(t, 10*time.Second, n.Name()+" to see both peers", func() bool { return len(n.load(t)["bad"].Peers) == 2 })
+		testutil.Eventually(t, 10*time.Second, n.Name()+" to see both peers", func() bool { return len(n.load(t)["bad"].Peers) == 2 })
 	}
 	// bad starts failing: only n1 carries traffic until its circuit opens.
 	bad.Close()
-	eventually(t, 10*time.Second, "n1's circuit for bad to open", func() bool {
+	testutil.Eventually(t, 10*time.Second, "n1's circuit for bad to open", func() bool {
 		nodes[0].get(t, "/")
 		return nodes[0].load(t)["bad"].Breaker["n1"] == "open"
 	})
 	for _, n := range nodes[1:] {
-		eventually(t, 5*time.Second, n.Name()+" to learn n1's open circuit", func() bool {
+		testutil.Eventually(t, 5*time.Second, n.Name()+" to learn n1's open circuit", func() bool {
 			return n.load(t)["bad"].Breaker["n1"] == "open"
 		})
 	}

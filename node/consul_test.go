@@ -12,6 +12,7 @@ import (
 	"github.com/thebalancer/balancer/consensus"
 	"github.com/thebalancer/balancer/consensus/consultest"
 	"github.com/thebalancer/balancer/consensus/seed"
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 // consulNode starts a lone node that seeds and syncs from the Consul double.
@@ -48,13 +49,13 @@ func TestConsulSeedsAndSyncsInstances(t *testing.T) {
 		consultest.Instance{ID: "w1", Address: h1, Port: p1, Weights: api.AgentWeights{Passing: 3, Warning: 1}},
 		consultest.Instance{ID: "w2", Address: h2, Port: p2, Weights: api.AgentWeights{Passing: 1, Warning: 1}, Status: consultest.Warning})
 	n := consulNode(t, consul, "web")
-	eventually(t, 10*time.Second, "the service's instances in the replicated config", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the service's instances in the replicated config", func() bool {
 		w1, ok1 := backendOf(n, "w1")
 		w2, ok2 := backendOf(n, "w2")
 		return ok1 && ok2 && w1.Weight == 3 && w2.Weight == 1 && w1.Source == consensus.SourceConsul
 	})
 	// Traffic flows to them.
-	eventually(t, 5*time.Second, "traffic through the Consul-seeded routes", func() bool {
+	testutil.Eventually(t, 5*time.Second, "traffic through the Consul-seeded routes", func() bool {
 		code, _ := (&testNode{Node: n}).get(t, "/")
 		return code == 200
 	})
@@ -63,13 +64,13 @@ func TestConsulSeedsAndSyncsInstances(t *testing.T) {
 	h3, p3 := hostPortOf(t, b3.Addr())
 	consul.AddInstance("web", consultest.Instance{ID: "w3", Address: h3, Port: p3, Weights: api.AgentWeights{Passing: 2, Warning: 1}})
 	consul.SetStatus("web", "w2", consultest.Critical)
-	eventually(t, 10*time.Second, "w3 added and the critical w2 removed", func() bool {
+	testutil.Eventually(t, 10*time.Second, "w3 added and the critical w2 removed", func() bool {
 		_, has2 := backendOf(n, "w2")
 		w3, has3 := backendOf(n, "w3")
 		return !has2 && has3 && w3.Weight == 2
 	})
 	consul.RemoveInstance("web", "w3")
-	eventually(t, 10*time.Second, "w3 removed", func() bool {
+	testutil.Eventually(t, 10*time.Second, "w3 removed", func() bool {
 		_, has3 := backendOf(n, "w3")
 		return !has3
 	})
@@ -79,14 +80,14 @@ func TestOperatorWeightSurvivesConsulSync(t *testing.T) {
 	consul := consultest.New(t)
 	consul.SetService("web", consultest.Instance{ID: "w1", Address: "127.0.0.1", Port: 8081, Weights: api.AgentWeights{Passing: 3, Warning: 1}})
 	n := consulNode(t, consul, "web")
-	eventually(t, 10*time.Second, "w1 seeded", func() bool { _, ok := backendOf(n, "w1"); return ok })
+	testutil.Eventually(t, 10*time.Second, "w1 seeded", func() bool { _, ok := backendOf(n, "w1"); return ok })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := n.Apply(ctx, consensus.SetWeight("w1", 9)); err != nil {
 		t.Fatal(err)
 	}
 	consul.SetService("web", consultest.Instance{ID: "w1", Address: "127.0.0.1", Port: 8081, Weights: api.AgentWeights{Passing: 5, Warning: 1}})
-	eventually(t, 10*time.Second, "Consul's new weight recorded as the source weight", func() bool {
+	testutil.Eventually(t, 10*time.Second, "Consul's new weight recorded as the source weight", func() bool {
 		b, _ := backendOf(n, "w1")
 		return b.SourceWeight == 5
 	})
@@ -108,7 +109,7 @@ func TestConsulDownAtStartDoesNotStopTheNode(t *testing.T) {
 	consul.Stop()
 	n := consulNode(t, consul, "web")
 	var st map[string]string
-	eventually(t, 10*time.Second, "the node to be up and leading without Consul", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the node to be up and leading without Consul", func() bool {
 		return n.store.IsLeader() && getJSON(t, "http://"+n.AdminAddr()+"/healthz", &st) == 200
 	})
 	if _, ok := backendOf(n, "w1"); ok {
@@ -117,5 +118,5 @@ func TestConsulDownAtStartDoesNotStopTheNode(t *testing.T) {
 	if err := consul.Start(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the config synced once Consul is back", func() bool { _, ok := backendOf(n, "w1"); return ok })
+	testutil.Eventually(t, 10*time.Second, "the config synced once Consul is back", func() bool { _, ok := backendOf(n, "w1"); return ok })
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thebalancer/balancer/internal/testutil"
 	"github.com/thebalancer/balancer/proxy"
 )
 
@@ -39,7 +40,7 @@ func TestFDsReturnToBaselineAfterSpike(t *testing.T) {
 	// The warm-up's pooled backend connection expires too: wait for the
 	// steady state before taking the baseline.
 	var base int
-	eventually(t, 5*time.Second, "a steady descriptor count", func() bool {
+	testutil.Eventually(t, 5*time.Second, "a steady descriptor count", func() bool {
 		b := openFDs(t)
 		time.Sleep(400 * time.Millisecond)
 		base = openFDs(t)
@@ -96,7 +97,7 @@ func TestFDsReturnToBaselineAfterSpike(t *testing.T) {
 	}
 	client.CloseIdleConnections()
 	var after int
-	eventually(t, 10*time.Second, "descriptors back to the baseline", func() bool {
+	testutil.Eventually(t, 10*time.Second, "descriptors back to the baseline", func() bool {
 		after = openFDs(t)
 		return after <= base
 	})

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/thebalancer/balancer/gossip"
+	"github.com/thebalancer/balancer/internal/testutil"
 	"github.com/thebalancer/balancer/proxy"
 )
 
@@ -57,7 +58,7 @@ func testStopLeavesNoGoroutines(t *testing.T, mode string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx) }()
-	eventually(t, 10*time.Second, "the node serving on a committed config", func() bool { return n.store.AppliedIndex() > 0 })
+	testutil.Eventually(t, 10*time.Second, "the node serving on a committed config", func() bool { return n.store.AppliedIndex() > 0 })
 
 	tr := &http.Transport{MaxIdleConnsPerHost: 10}
 	client := &http.Client{Transport: tr}
@@ -101,7 +102,7 @@ func testStopLeavesNoGoroutines(t *testing.T, mode string) {
 	if _, _, err := rawGet(n.AdminAddr()); err != nil {
 		t.Fatalf("admin API: %v", err)
 	}
-	eventually(t, 10*time.Second, "requests in flight and connections refused", func() bool {
+	testutil.Eventually(t, 10*time.Second, "requests in flight and connections refused", func() bool {
 		return n.proxy.InFlight()["a"] > 0 && n.proxy.ConnsRefused() > 0
 	})
 

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thebalancer/balancer/internal/testutil"
 	"github.com/thebalancer/balancer/proxy"
 )
 
@@ -103,7 +104,7 @@ func TestMaxConnsRefusesOverLimitClearly(t *testing.T) {
 	for i := 1; i < limit; i++ {
 		slowClient(t, n.Addr())
 	}
-	eventually(t, 5*time.Second, "the limit filled", func() bool { return n.proxy.ConnsOpen() == limit })
+	testutil.Eventually(t, 5*time.Second, "the limit filled", func() bool { return n.proxy.ConnsOpen() == limit })
 	before := runtime.NumGoroutine()
 
 	var wg sync.WaitGroup
@@ -156,7 +157,7 @@ func TestHeaderTimeoutFreesSlowClients(t *testing.T) {
 			t.Fatalf("slow client not closed by the header timeout: %v", err)
 		}
 	}
-	eventually(t, 5*time.Second, "slots given back", func() bool { return n.proxy.ConnsOpen() == 0 })
+	testutil.Eventually(t, 5*time.Second, "slots given back", func() bool { return n.proxy.ConnsOpen() == 0 })
 	if resp, body, err := rawGet(n.Addr()); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("after the slow clients: %v %v %q", err, resp, body)
 	}

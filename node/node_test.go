@@ -13,21 +13,11 @@ import (
 	"time"
 
 	"github.com/thebalancer/balancer/bench/backend"
+	"github.com/thebalancer/balancer/internal/testutil"
 	"github.com/thebalancer/balancer/node/admin"
 	"github.com/thebalancer/balancer/proxy"
 	"github.com/thebalancer/balancer/proxy/pick"
 )
-
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 func startBackend(t *testing.T, name, mode string) *backend.Server {
 	t.Helper()
@@ -139,7 +129,7 @@ func TestHTTPEndToEndKilledBackendOpensCircuit(t *testing.T) {
 		t.Fatalf("before the kill: %v", seen)
 	}
 	b.Close() // crash: listener and connections gone
-	eventually(t, 10*time.Second, "b's circuit to open", func() bool {
+	testutil.Eventually(t, 10*time.Second, "b's circuit to open", func() bool {
 		count(10)
 		return breakerState(t, n, "b") == "open"
 	})
@@ -166,7 +156,7 @@ func TestCircuitClosesAfterRecovery(t *testing.T) {
 	cfg.Proxy.Algorithm = pick.RoundRobin
 	n, _, _ := startNode(t, cfg)
 	// 500s from the backend count as failures: status=500 makes the demo backend fail.
-	eventually(t, 10*time.Second, "flaky's circuit to open on 5xx", func() bool {
+	testutil.Eventually(t, 10*time.Second, "flaky's circuit to open on 5xx", func() bool {
 		for i := 0; i < 10; i++ {
 			if resp, err := http.Get("http://" + n.Addr() + "/?status=500"); err == nil {
 				resp.Body.Close()
@@ -175,7 +165,7 @@ func TestCircuitClosesAfterRecovery(t *testing.T) {
 		return breakerState(t, n, "flaky") == "open"
 	})
 	// Healthy answers again: after the sleep window one trial closes it.
-	eventually(t, 10*time.Second, "flaky's circuit to close after a good trial", func() bool {
+	testutil.Eventually(t, 10*time.Second, "flaky's circuit to close after a good trial", func() bool {
 		if resp, err := http.Get("http://" + n.Addr() + "/"); err == nil {
 			resp.Body.Close()
 		}
@@ -197,7 +187,7 @@ func TestAllBackendsDownIs503JSON(t *testing.T) {
 			t.Fatalf("status %d body %+v, want 503 with a JSON error", code, body)
 		}
 	}
-	eventually(t, 10*time.Second, "circuits of dead backends to open", func() bool {
+	testutil.Eventually(t, 10*time.Second, "circuits of dead backends to open", func() bool {
 		getJSON(t, "http://"+n.Addr()+"/", &body)
 		return strings.Contains(body.Error, "circuit")
 	})
@@ -251,7 +241,7 @@ func TestAdminEndpoints(t *testing.T) {
 		t.Fatalf("/v1/load: %+v", load)
 	}
 	var st map[string]string
-	eventually(t, 10*time.Second, "readiness (a leader elected)", func() bool { return getJSON(t, base+"/readyz", &st) == 200 })
+	testutil.Eventually(t, 10*time.Second, "readiness (a leader elected)", func() bool { return getJSON(t, base+"/readyz", &st) == 200 })
 	if code := getJSON(t, base+"/healthz", &st); code != 200 {
 		t.Fatalf("/healthz %d", code)
 	}
@@ -334,10 +324,10 @@ func TestGracefulShutdownFinishesInFlight(t *testing.T) {
 			results <- fmt.Sprint(resp.StatusCode, " ", strings.TrimSpace(string(b)))
 		}()
 	}
-	eventually(t, 5*time.Second, "requests in flight", func() bool { return n.proxy.InFlight()["a"] == 4 })
+	testutil.Eventually(t, 5*time.Second, "requests in flight", func() bool { return n.proxy.InFlight()["a"] == 4 })
 	cancel()
 	// Readiness fails while draining.
-	eventually(t, 2*time.Second, "readiness to fail", func() bool { return n.ready() != nil })
+	testutil.Eventually(t, 2*time.Second, "readiness to fail", func() bool { return n.ready() != nil })
 	wg.Wait()
 	close(results)
 	for r := range results {

@@ -4,13 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/thebalancer/balancer/internal/testutil"
 	"github.com/thebalancer/balancer/node/admin"
 	"github.com/thebalancer/balancer/pki"
 	"github.com/thebalancer/balancer/proxy"
@@ -162,7 +162,7 @@ func TestRaftMutualTLSCluster(t *testing.T) {
 		}
 		return len(s)
 	}
-	eventually(t, 20*time.Second, "three raft voters and a seeded config on every node", func() bool {
+	testutil.Eventually(t, 20*time.Second, "three raft voters and a seeded config on every node", func() bool {
 		for _, n := range nodes {
 			if voters(n) != 3 || n.store.AppliedIndex() == 0 {
 				return false
@@ -171,7 +171,7 @@ func TestRaftMutualTLSCluster(t *testing.T) {
 		return true
 	})
 	var follower *testNode
-	eventually(t, 10*time.Second, "a known leader", func() bool {
+	testutil.Eventually(t, 10*time.Second, "a known leader", func() bool {
 		for _, n := range nodes {
 			if !n.store.IsLeader() {
 				follower = n
@@ -191,7 +191,7 @@ func TestRaftMutualTLSCluster(t *testing.T) {
 		c.RaftTLS = filesOf(intruderDir, "n4")
 		c.Gossip.Join = []string{nodes[0].GossipAddr()}
 	}, be)[0]
-	eventually(t, 10*time.Second, "the intruder in the gossip view", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the intruder in the gossip view", func() bool {
 		m, err := cli(nodes[0]).Members(context.Background())
 		return err == nil && len(m.Members) == 4
 	})
@@ -221,7 +221,7 @@ func TestRaftMutualTLSCluster(t *testing.T) {
 		c.RaftTLS = filesOf(dir, "n5")
 		c.Gossip.Join = []string{nodes[0].GossipAddr()}
 	}, be)[0]
-	eventually(t, 20*time.Second, "n5 a raft voter with the cluster's config", func() bool {
+	testutil.Eventually(t, 20*time.Second, "n5 a raft voter with the cluster's config", func() bool {
 		if b, _ := late.store.Config().Backend("a"); b.Weight != 8 {
 			return false
 		}
@@ -240,12 +240,7 @@ func TestRaftMutualTLSCluster(t *testing.T) {
 func TestReconcileSkipsUnreachableMember(t *testing.T) {
 	dir := testCerts(t, "n1", "n4", "n5")
 	be := proxy.Backend{ID: "a", Address: "127.0.0.1:1", Weight: 1}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := testutil.FreeAddr(t)
 	first := startClusterWith(t, 1, func(_ int, c *Config) {
 		c.TLS = filesOf(dir, c.Name)
 		c.RaftTLS = filesOf(dir, c.Name)
@@ -259,7 +254,7 @@ func TestReconcileSkipsUnreachableMember(t *testing.T) {
 		}
 		return len(s)
 	}
-	eventually(t, 20*time.Second, "n1 the leader of a seeded config", func() bool {
+	testutil.Eventually(t, 20*time.Second, "n1 the leader of a seeded config", func() bool {
 		return first.store.IsLeader() && first.store.AppliedIndex() > 0
 	})
 	join := func(name string, edit func(c *Config)) {
@@ -275,12 +270,12 @@ func TestReconcileSkipsUnreachableMember(t *testing.T) {
 	}
 	// n4 advertises a raft address nobody listens on.
 	join("n4", func(c *Config) { c.Raft.Advertise = dead })
-	eventually(t, 10*time.Second, "n4 in the gossip view", func() bool {
+	testutil.Eventually(t, 10*time.Second, "n4 in the gossip view", func() bool {
 		m, err := cli.Members(context.Background())
 		return err == nil && len(m.Members) == 2
 	})
 	join("n5", nil)
-	eventually(t, 20*time.Second, "n5 a raft voter despite n4", func() bool {
+	testutil.Eventually(t, 20*time.Second, "n5 a raft voter despite n4", func() bool {
 		return voters() == 2
 	})
 	s, _ := first.store.Servers()

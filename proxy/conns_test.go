@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 // connCounter follows a test backend's connections through ConnState.
@@ -105,7 +107,7 @@ func TestPostAfterBackendClosedIdleConn(t *testing.T) {
 	if code, _, _ := get(t, url); code != 200 {
 		t.Fatalf("GET: %d", code)
 	}
-	eventually(t, 3*time.Second, "the backend closing the idle connection", func() bool { return cc.closed.Load() == 1 })
+	testutil.Eventually(t, 3*time.Second, "the backend closing the idle connection", func() bool { return cc.closed.Load() == 1 })
 	if code, body := post(t, url, strings.NewReader("payload")); code != 200 || body != "ok" {
 		t.Fatalf("POST after the backend closed the pooled connection: %d %q", code, body)
 	}
@@ -132,7 +134,7 @@ func TestPooledConnExpires(t *testing.T) {
 	if n := cc.opened.Load(); n != 2 {
 		t.Fatalf("a request after the idle timeout used an expired connection (%d opened, want 2)", n)
 	}
-	eventually(t, 3*time.Second, "the expired connection closed", func() bool { return cc.closed.Load() == 1 })
+	testutil.Eventually(t, 3*time.Second, "the expired connection closed", func() bool { return cc.closed.Load() == 1 })
 }
 
 // A request that fails on a reused connection before any answer arrives is
@@ -218,7 +220,7 @@ func TestRetryUsesFreshConnNotPool(t *testing.T) {
 			}
 		}()
 	}
-	eventually(t, 5*time.Second, "20 requests at the backend", func() bool { return waiting.Load() == n })
+	testutil.Eventually(t, 5*time.Second, "20 requests at the backend", func() bool { return waiting.Load() == n })
 	close(release)
 	wg.Wait()
 	for _, method := range []string{"GET", "POST"} {
@@ -298,7 +300,7 @@ func TestEarlyAnswerDuringUploadReachesClient(t *testing.T) {
 	if code != 413 || strings.TrimSpace(body) != "too large" {
 		t.Fatalf("backend's early 413 became %d %q", code, body)
 	}
-	eventually(t, 3*time.Second, "in-flight 0", func() bool { return totalInFlight(p) == 0 })
+	testutil.Eventually(t, 3*time.Second, "in-flight 0", func() bool { return totalInFlight(p) == 0 })
 	if code, _, _ := get(t, url); code != 200 {
 		t.Fatalf("next request: %d", code)
 	}
@@ -364,8 +366,8 @@ func TestUpgradeMismatchReleasesSlot(t *testing.T) {
 		}
 		conn.Close()
 	}
-	eventually(t, 3*time.Second, "in-flight 0", func() bool { return totalInFlight(p) == 0 })
-	eventually(t, 3*time.Second, "backend connections closed", func() bool { return cc.open() == 0 })
+	testutil.Eventually(t, 3*time.Second, "in-flight 0", func() bool { return totalInFlight(p) == 0 })
+	testutil.Eventually(t, 3*time.Second, "backend connections closed", func() bool { return cc.open() == 0 })
 	if fc.failed.Load() != 2 {
 		t.Errorf("circuit failures %d, want 2", fc.failed.Load())
 	}
@@ -427,7 +429,7 @@ func TestBackendHeaderLimits(t *testing.T) {
 			if code, _, _ := get(t, url); code != http.StatusBadGateway {
 				t.Fatalf("status %d, want 502", code)
 			}
-			eventually(t, 3*time.Second, "in-flight 0", func() bool { return totalInFlight(p) == 0 })
+			testutil.Eventually(t, 3*time.Second, "in-flight 0", func() bool { return totalInFlight(p) == 0 })
 		})
 	}
 }
@@ -458,7 +460,7 @@ func TestRemovedBackendConnsClosed(t *testing.T) {
 			}
 		}()
 	}
-	eventually(t, 5*time.Second, "10 requests at the backend", func() bool { return waiting.Load() == n })
+	testutil.Eventually(t, 5*time.Second, "10 requests at the backend", func() bool { return waiting.Load() == n })
 	// Nine return to the pool; one is still busy when the backend goes.
 	var busy sync.WaitGroup
 	busy.Add(1)
@@ -466,12 +468,12 @@ func TestRemovedBackendConnsClosed(t *testing.T) {
 		defer busy.Done()
 		get(t, url+"/hold")
 	}()
-	eventually(t, 5*time.Second, "the 11th request at the backend", func() bool { return waiting.Load() == n+1 })
+	testutil.Eventually(t, 5*time.Second, "the 11th request at the backend", func() bool { return waiting.Load() == n+1 })
 	p.SetRoutes(nil)
 	close(release)
 	wg.Wait()
 	busy.Wait()
-	eventually(t, 3*time.Second, "every backend connection closed", func() bool { return cc.open() == 0 })
+	testutil.Eventually(t, 3*time.Second, "every backend connection closed", func() bool { return cc.open() == 0 })
 }
 
 // Connections are reused across every kind of complete answer, and not
@@ -535,13 +537,13 @@ func TestKeepAliveAcrossResponseKinds(t *testing.T) {
 	}
 	io.ReadFull(resp.Body, make([]byte, 1000))
 	resp.Body.Close()
-	eventually(t, 3*time.Second, "in-flight 0 after the abandoned answer", func() bool { return totalInFlight(p) == 0 })
+	testutil.Eventually(t, 3*time.Second, "in-flight 0 after the abandoned answer", func() bool { return totalInFlight(p) == 0 })
 	for i := 0; i < 5; i++ {
 		if _, b := do("GET", "/plain"); b != "plain" {
 			t.Errorf("after an abandoned answer: %q", b)
 		}
 	}
-	eventually(t, 3*time.Second, "in-flight 0", func() bool { return totalInFlight(p) == 0 })
+	testutil.Eventually(t, 3*time.Second, "in-flight 0", func() bool { return totalInFlight(p) == 0 })
 }
 
 // jsonError decodes the proxy's {"error": ...} answers.

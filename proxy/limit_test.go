@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 // TestLimitBoundsGoroutinesUnderAFlood opens many silent connections at a
@@ -44,7 +46,7 @@ func TestLimitBoundsGoroutinesUnderAFlood(t *testing.T) {
 	for range limit {
 		_, _ = io.WriteString(dial(), "GET / HTTP/1.1\r\n") // never finished
 	}
-	eventually(t, 5*time.Second, "the limit filled", func() bool { return p.ConnsOpen() == limit })
+	testutil.Eventually(t, 5*time.Second, "the limit filled", func() bool { return p.ConnsOpen() == limit })
 	base := runtime.NumGoroutine()
 
 	var conns []net.Conn
@@ -52,7 +54,7 @@ func TestLimitBoundsGoroutinesUnderAFlood(t *testing.T) {
 		conns = append(conns, dial()) // silent: a refusal waits for its request
 	}
 	peak := runtime.NumGoroutine()
-	eventually(t, 5*time.Second, "every flood connection refused", func() bool { return p.ConnsRefused() == flood })
+	testutil.Eventually(t, 5*time.Second, "every flood connection refused", func() bool { return p.ConnsRefused() == flood })
 	if peak > base+maxRefusing+2 {
 		t.Errorf("%d goroutines while %d connections flooded a full listener (%d before): want at most %d more", peak, flood, base, maxRefusing+2)
 	}
@@ -64,7 +66,7 @@ func TestLimitBoundsGoroutinesUnderAFlood(t *testing.T) {
 		}
 	}
 	var after int
-	eventually(t, 5*time.Second, "the refusals' goroutines gone", func() bool {
+	testutil.Eventually(t, 5*time.Second, "the refusals' goroutines gone", func() bool {
 		after = runtime.NumGoroutine()
 		return after <= base
 	})

@@ -15,32 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thebalancer/balancer/internal/testutil"
 	"github.com/thebalancer/balancer/proxy/pick"
 )
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// deadAddr returns a loopback address nothing listens on.
-func deadAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
 
 func hostPort(u string) string { return strings.TrimPrefix(u, "http://") }
 
@@ -109,7 +86,7 @@ func TestHTTPSpreadsOverBackends(t *testing.T) {
 	if seen["a"] != 10 || seen["b"] != 10 || seen["c"] != 10 {
 		t.Fatalf("round-robin over 3 backends, 30 requests: got %v", seen)
 	}
-	eventually(t, 2*time.Second, "in-flight back to 0", func() bool { return totalInFlight(p) == 0 })
+	testutil.Eventually(t, 2*time.Second, "in-flight back to 0", func() bool { return totalInFlight(p) == 0 })
 	var reqs uint64
 	for _, s := range p.Stats() {
 		reqs += s.Requests
@@ -218,7 +195,7 @@ func TestHTTPRetriesConnectFailureOnAnotherBackend(t *testing.T) {
 	good := namedBackend(t, "good")
 	cfg := DefaultConfig()
 	cfg.Algorithm = pick.RoundRobin
-	p, url := startHTTP(t, cfg, []Route{route("dead", deadAddr(t)), route("good", hostPort(good.URL))}, nil)
+	p, url := startHTTP(t, cfg, []Route{route("dead", testutil.FreeAddr(t)), route("good", hostPort(good.URL))}, nil)
 	for i := 0; i < 20; i++ {
 		code, body, _ := get(t, url)
 		if code != 200 || body != "good" {
@@ -238,7 +215,7 @@ func TestHTTPRetriesConnectFailureOnAnotherBackend(t *testing.T) {
 			t.Errorf("the dead backend's connect failures were not counted as such: %d, by reason %v", s.Failures, s.FailuresBy)
 		}
 	}
-	eventually(t, 2*time.Second, "in-flight back to 0", func() bool { return totalInFlight(p) == 0 })
+	testutil.Eventually(t, 2*time.Second, "in-flight back to 0", func() bool { return totalInFlight(p) == 0 })
 }
 
 func TestHTTPNoBackendIs503WithJSONReason(t *testing.T) {
@@ -251,7 +228,7 @@ func TestHTTPNoBackendIs503WithJSONReason(t *testing.T) {
 		{"all drained", []Route{{Backend: Backend{ID: "a", Address: "127.0.0.1:1", Weight: 1, Drain: true}}}, "drained"},
 		{"weight zero", []Route{{Backend: Backend{ID: "a", Address: "127.0.0.1:1", Weight: 0}}}, "weight 0"},
 		{"all open", []Route{{Backend: Backend{ID: "a", Address: "127.0.0.1:1", Weight: 1}, Down: true}}, "circuit is open"},
-		{"all unreachable", []Route{route("a", deadAddr(t)), route("b", deadAddr(t))}, "connection refused"},
+		{"all unreachable", []Route{route("a", testutil.FreeAddr(t)), route("b", testutil.FreeAddr(t))}, "connection refused"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -297,7 +274,7 @@ func TestHTTPInFlightExactUnderAbortAndTimeout(t *testing.T) {
 	if code != http.StatusGatewayTimeout {
 		t.Fatalf("backend timeout: status %d, want 504", code)
 	}
-	eventually(t, 2*time.Second, "in-flight 0 after a backend timeout", func() bool { return totalInFlight(p) == 0 })
+	testutil.Eventually(t, 2*time.Second, "in-flight 0 after a backend timeout", func() bool { return totalInFlight(p) == 0 })
 	if s := p.Stats()[0]; s.FailuresBy[Timeout] != 1 || s.Failures != 1 {
 		t.Errorf("a backend timeout counted as %d failures, by reason %v; want one timeout", s.Failures, s.FailuresBy)
 	}
@@ -325,7 +302,7 @@ func TestHTTPInFlightExactUnderAbortAndTimeout(t *testing.T) {
 	}
 	cancel()
 	wg.Wait()
-	eventually(t, 2*time.Second, "in-flight 0 after client aborts", func() bool { return totalInFlight(p2) == 0 })
+	testutil.Eventually(t, 2*time.Second, "in-flight 0 after client aborts", func() bool { return totalInFlight(p2) == 0 })
 }
 
 func TestHTTPAbortMidBodyReleasesSlot(t *testing.T) {
@@ -349,7 +326,7 @@ func TestHTTPAbortMidBodyReleasesSlot(t *testing.T) {
 		t.Fatalf("in-flight %d during a streaming response", totalInFlight(p))
 	}
 	resp.Body.Close()
-	eventually(t, 2*time.Second, "in-flight 0 after closing mid-body", func() bool { return totalInFlight(p) == 0 })
+	testutil.Eventually(t, 2*time.Second, "in-flight 0 after closing mid-body", func() bool { return totalInFlight(p) == 0 })
 }
 
 // upgradeBackend is a backend that switches every request to the given
@@ -406,7 +383,7 @@ func TestHTTPUpgradePassesThrough(t *testing.T) {
 		t.Fatalf("echo over the upgraded connection: %q %v", buf, err)
 	}
 	conn.Close()
-	eventually(t, 2*time.Second, "in-flight 0 after the upgraded connection closed", func() bool { return totalInFlight(p) == 0 })
+	testutil.Eventually(t, 2*time.Second, "in-flight 0 after the upgraded connection closed", func() bool { return totalInFlight(p) == 0 })
 }
 
 // fakeCircuit records outcomes and can refuse.
@@ -440,13 +417,13 @@ func TestHTTPCircuitSeesOutcomes(t *testing.T) {
 	for i := 0; i < 30; i++ {
 		get(t, url)
 	}
-	eventually(t, 2*time.Second, "outcomes reported", func() bool {
+	testutil.Eventually(t, 2*time.Second, "outcomes reported", func() bool {
 		return circuits["ok"].ok.Load()+circuits["err"].failed.Load() == 30
 	})
 	if circuits["ok"].failed.Load() != 0 || circuits["err"].ok.Load() != 0 {
 		t.Errorf("2xx must count as success and 5xx as failure")
 	}
-	eventually(t, 2*time.Second, "stats of every answer", func() bool { return totalInFlight(p) == 0 })
+	testutil.Eventually(t, 2*time.Second, "stats of every answer", func() bool { return totalInFlight(p) == 0 })
 	for _, s := range p.Stats() {
 		want := uint64(0)
 		if s.ID == "err" {
@@ -537,7 +514,7 @@ func TestMalformedClientBodyIsNotABackendFailure(t *testing.T) {
 			t.Fatalf("malformed chunked body: %d %s, want 400 naming the client's body", resp.StatusCode, b)
 		}
 	}
-	eventually(t, 3*time.Second, "in-flight 0", func() bool { return totalInFlight(p) == 0 })
+	testutil.Eventually(t, 3*time.Second, "in-flight 0", func() bool { return totalInFlight(p) == 0 })
 	if fc.failed.Load() != 0 || fc.ok.Load() != 0 || fc.can.Load() != n {
 		t.Errorf("circuit ok=%d failed=%d cancel=%d, want 0/0/%d", fc.ok.Load(), fc.failed.Load(), fc.can.Load(), n)
 	}
@@ -604,8 +581,8 @@ func TestStalledClientBodyReleasesSlot(t *testing.T) {
 	}
 	defer conn.Close()
 	fmt.Fprint(conn, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
-	eventually(t, 2*time.Second, "the request in flight", func() bool { return totalInFlight(p) == 1 })
-	eventually(t, 3*time.Second, "the stalled client cut off", func() bool { return totalInFlight(p) == 0 })
+	testutil.Eventually(t, 2*time.Second, "the request in flight", func() bool { return totalInFlight(p) == 1 })
+	testutil.Eventually(t, 3*time.Second, "the stalled client cut off", func() bool { return totalInFlight(p) == 0 })
 	if fc.failed.Load() != 0 || p.Stats()[0].Failures != 0 {
 		t.Errorf("a stalled client counted as a backend failure (circuit %d, stats %d)", fc.failed.Load(), p.Stats()[0].Failures)
 	}
@@ -627,8 +604,8 @@ func TestNonReadingClientReleasesSlot(t *testing.T) {
 	}
 	defer conn.Close()
 	fmt.Fprint(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-	eventually(t, 2*time.Second, "the request in flight", func() bool { return totalInFlight(p) == 1 })
-	eventually(t, 5*time.Second, "the non-reading client cut off", func() bool { return totalInFlight(p) == 0 })
+	testutil.Eventually(t, 2*time.Second, "the request in flight", func() bool { return totalInFlight(p) == 1 })
+	testutil.Eventually(t, 5*time.Second, "the non-reading client cut off", func() bool { return totalInFlight(p) == 0 })
 }
 
 // ClientIdleTimeout counts silence only: an upload or a download that keeps
@@ -720,7 +697,7 @@ func TestUpgradedConnectionIdleTimeout(t *testing.T) {
 	if took := time.Since(quiet); took < idle {
 		t.Errorf("tunnel closed %v after going silent, before the idle timeout %v", took, idle)
 	}
-	eventually(t, 2*time.Second, "in-flight 0 after the idle tunnel closed", func() bool { return totalInFlight(p) == 0 })
+	testutil.Eventually(t, 2*time.Second, "in-flight 0 after the idle tunnel closed", func() bool { return totalInFlight(p) == 0 })
 }
 
 // A client that stops reading a tunnel whose backend keeps talking must not
@@ -742,7 +719,7 @@ func TestUpgradedConnectionClosesWhenClientStopsReading(t *testing.T) {
 		t.Fatalf("in flight %d with the tunnel open, want 1", n)
 	}
 	// Read nothing more: the backend's stream fills the buffers.
-	eventually(t, 10*time.Second, "the tunnel of a client that reads nothing to close", func() bool { return totalInFlight(p) == 0 })
+	testutil.Eventually(t, 10*time.Second, "the tunnel of a client that reads nothing to close", func() bool { return totalInFlight(p) == 0 })
 }
 
 // A backend that half-closes a tunnel (finished sending, still reading)

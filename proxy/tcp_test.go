@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thebalancer/balancer/internal/testutil"
 	"github.com/thebalancer/balancer/proxy/pick"
 )
 
@@ -64,7 +65,7 @@ func startTCP(t *testing.T, cfg Config, routes []Route) (*Proxy, string) {
 func TestTCPEchoHalfCloseAndBalance(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Algorithm = pick.RoundRobin
-	p, addr := startTCP(t, cfg, []Route{route("a", echoServer(t, "a")), route("b", echoServer(t, "b")), route("dead", deadAddr(t))})
+	p, addr := startTCP(t, cfg, []Route{route("a", echoServer(t, "a")), route("b", echoServer(t, "b")), route("dead", testutil.FreeAddr(t))})
 	seen := map[string]int{}
 	for i := 0; i < 10; i++ {
 		c, err := net.Dial("tcp", addr)
@@ -88,7 +89,7 @@ func TestTCPEchoHalfCloseAndBalance(t *testing.T) {
 	if seen["a"] != 5 || seen["b"] != 5 {
 		t.Fatalf("connections per backend %v, want 5/5 (dead one retried)", seen)
 	}
-	eventually(t, 2*time.Second, "in-flight 0", func() bool { return totalInFlight(p) == 0 })
+	testutil.Eventually(t, 2*time.Second, "in-flight 0", func() bool { return totalInFlight(p) == 0 })
 }
 
 func TestTCPIdleTimeoutAndCounts(t *testing.T) {
@@ -129,13 +130,13 @@ func TestTCPIdleTimeoutAndCounts(t *testing.T) {
 			}
 		}
 	}()
-	eventually(t, 3*time.Second, "idle connections closed", func() bool { return totalInFlight(p) == 1 })
+	testutil.Eventually(t, 3*time.Second, "idle connections closed", func() bool { return totalInFlight(p) == 1 })
 	close(stop)
 	wg.Wait()
 	for _, c := range conns {
 		c.Close()
 	}
-	eventually(t, 3*time.Second, "in-flight 0", func() bool { return totalInFlight(p) == 0 })
+	testutil.Eventually(t, 3*time.Second, "in-flight 0", func() bool { return totalInFlight(p) == 0 })
 }
 
 func TestTCPNoBackendClosesConnection(t *testing.T) {
@@ -148,7 +149,7 @@ func TestTCPNoBackendClosesConnection(t *testing.T) {
 	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
 		t.Fatalf("want the connection closed, got %d bytes, %v", n, err)
 	}
-	eventually(t, time.Second, "rejection counted", func() bool { return p.Rejected() == 1 })
+	testutil.Eventually(t, time.Second, "rejection counted", func() bool { return p.Rejected() == 1 })
 }
 
 // A client that half-closes and then stops reading while the backend keeps
@@ -186,8 +187,8 @@ func TestTCPHalfClosedNonReaderTimesOut(t *testing.T) {
 	}
 	defer c.Close()
 	c.(*net.TCPConn).CloseWrite()
-	eventually(t, 2*time.Second, "the connection in flight", func() bool { return totalInFlight(p) == 1 })
-	eventually(t, 3*time.Second, "the non-reading client cut off", func() bool { return totalInFlight(p) == 0 })
+	testutil.Eventually(t, 2*time.Second, "the connection in flight", func() bool { return totalInFlight(p) == 1 })
+	testutil.Eventually(t, 3*time.Second, "the non-reading client cut off", func() bool { return totalInFlight(p) == 0 })
 }
 
 // A forced shutdown closes the backend side too: a copy blocked on a

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 // testTimeout bounds every wait in these tests.
@@ -44,18 +46,6 @@ func start(t *testing.T, cfg Config) *Server {
 		}
 	})
 	return s
-}
-
-// waitFor polls cond until it holds, failing the test after testTimeout.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", testTimeout, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }
 
 // newClient returns a keep-alive client whose idle connections are closed
@@ -241,7 +231,7 @@ func TestGracefulShutdownFinishesInFlight(t *testing.T) {
 			got <- a
 		}()
 	}
-	waitFor(t, "one in flight and one queued", func() bool {
+	testutil.Eventually(t, testTimeout, "one in flight and one queued", func() bool {
 		st := s.Stats()
 		return st.InFlight == 1 && st.Queued == 1
 	})
@@ -284,7 +274,7 @@ func TestCloseKillsConnections(t *testing.T) {
 		up := upgrade(t, s.Addr())
 		busy := dial(t, s.Addr())
 		writeString(t, busy, "GET /?sleep=1h HTTP/1.1\r\nHost: x\r\n\r\n")
-		waitFor(t, "the long request in flight", func() bool { return s.Stats().InFlight == 1 })
+		testutil.Eventually(t, testTimeout, "the long request in flight", func() bool { return s.Stats().InFlight == 1 })
 
 		if err := s.Close(); err != nil {
 			t.Fatalf("Close: %v", err)
@@ -318,7 +308,7 @@ func TestCloseKillsConnections(t *testing.T) {
 		served := dial(t, s.Addr())
 		expectRead(t, served, "b1\n")
 		queued := dial(t, s.Addr())
-		waitFor(t, "second connection queued", func() bool { return s.Stats().Queued == 1 })
+		testutil.Eventually(t, testTimeout, "second connection queued", func() bool { return s.Stats().Queued == 1 })
 		s.Close()
 		expectClosed(t, "served", served)
 		expectClosed(t, "queued", queued)

@@ -3,6 +3,8 @@ package backend
 import (
 	"context"
 	"testing"
+
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 // lockedWaiting reads the live queue length.
@@ -35,7 +37,7 @@ func TestGateFIFO(t *testing.T) {
 			order <- i
 		}()
 		// Queue them in a known order.
-		waitFor(t, "waiter queued", func() bool { return g.lockedWaiting() == i+1 })
+		testutil.Eventually(t, testTimeout, "waiter queued", func() bool { return g.lockedWaiting() == i+1 })
 	}
 	// Waiter 1 gives up; the others are served oldest first, each holding
 	// the single slot until the test releases it.
@@ -70,7 +72,7 @@ func TestGateNoOvertaking(t *testing.T) {
 		_ = g.wait(context.Background())
 		close(done)
 	}()
-	waitFor(t, "waiter queued", func() bool { return g.lockedWaiting() == 1 })
+	testutil.Eventually(t, testTimeout, "waiter queued", func() bool { return g.lockedWaiting() == 1 })
 	g.release() // goes to the waiter, not to a newcomer
 	<-done
 	if g.tryAcquire() {

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 func TestAnswersName(t *testing.T) {
@@ -91,7 +93,7 @@ func TestUnlimitedWorkers(t *testing.T) {
 	for range n {
 		wg.Go(func() { _, _ = tryGet(c, "http://"+s.Addr()+"/?sleep=10s") })
 	}
-	waitFor(t, "all requests in flight at once", func() bool { return s.Stats().InFlight == n })
+	testutil.Eventually(t, testTimeout, "all requests in flight at once", func() bool { return s.Stats().InFlight == n })
 	if st := s.Stats(); st.Queued != 0 || st.MaxInFlight != n {
 		t.Errorf("Stats = %+v", st)
 	}
@@ -109,15 +111,15 @@ func TestQueuedClientLeaves(t *testing.T) {
 	defer releaseHolder()
 	holder := make(chan error, 1)
 	go func() { holder <- request(holdCtx, c, "http://"+s.Addr()+"/?sleep=1h") }()
-	waitFor(t, "holder in flight", func() bool { return s.Stats().InFlight == 1 })
+	testutil.Eventually(t, testTimeout, "holder in flight", func() bool { return s.Stats().InFlight == 1 })
 
 	leaveCtx, leave := context.WithCancel(context.Background())
 	leaver := make(chan error, 1)
 	go func() { leaver <- request(leaveCtx, c, "http://"+s.Addr()+"/") }()
-	waitFor(t, "second request queued", func() bool { return s.Stats().Queued == 1 })
+	testutil.Eventually(t, testTimeout, "second request queued", func() bool { return s.Stats().Queued == 1 })
 	leave()
 	<-leaver
-	waitFor(t, "queued request to leave", func() bool {
+	testutil.Eventually(t, testTimeout, "queued request to leave", func() bool {
 		st := s.Stats()
 		return st.Queued == 0 && st.Canceled == 1
 	})
@@ -125,7 +127,7 @@ func TestQueuedClientLeaves(t *testing.T) {
 	// The holder goes away too; its slot is freed and a newcomer is served.
 	releaseHolder()
 	<-holder
-	waitFor(t, "holder to leave", func() bool { return s.Stats().Canceled == 2 })
+	testutil.Eventually(t, testTimeout, "holder to leave", func() bool { return s.Stats().Canceled == 2 })
 	if a := get(t, c, "http://"+s.Addr()+"/"); a.status != http.StatusOK {
 		t.Fatalf("status %d", a.status)
 	}
@@ -300,7 +302,7 @@ func TestStatsEndpoint(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- request(ctx, c, "http://"+s.Addr()+"/?sleep=1h") }()
-	waitFor(t, "the only worker busy", func() bool { return s.Stats().InFlight == 1 })
+	testutil.Eventually(t, testTimeout, "the only worker busy", func() bool { return s.Stats().InFlight == 1 })
 
 	// /_stats does not queue behind the busy worker.
 	a := get(t, c, "http://"+s.Addr()+StatsPath)
@@ -404,7 +406,7 @@ func TestShutdownClosesUpgraded(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
 	u := upgrade(t, s.Addr())
-	waitFor(t, "upgrade counted", func() bool { return s.Stats().Upgrades == 1 })
+	testutil.Eventually(t, testTimeout, "upgrade counted", func() bool { return s.Stats().Upgrades == 1 })
 	cancel()
 	expectClosed(t, "upgraded", u.Conn)
 	select {

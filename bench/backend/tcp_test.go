@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 func tcpConfig() Config {
@@ -42,7 +44,7 @@ func TestTCPGreetsAndEchoes(t *testing.T) {
 	if string(rest) != big {
 		t.Fatalf("echoed %d bytes, want %d", len(rest), len(big))
 	}
-	waitFor(t, "connection counted as served", func() bool {
+	testutil.Eventually(t, testTimeout, "connection counted as served", func() bool {
 		st := s.Stats()
 		return st.Served == 1 && st.InFlight == 0
 	})
@@ -56,7 +58,7 @@ func TestTCPWorkers(t *testing.T) {
 	first := dial(t, s.Addr())
 	expectRead(t, first, "b1\n")
 	second := dial(t, s.Addr())
-	waitFor(t, "second connection queued", func() bool { return s.Stats().Queued == 1 })
+	testutil.Eventually(t, testTimeout, "second connection queued", func() bool { return s.Stats().Queued == 1 })
 	// The second gets its greeting only once the first is done.
 	_ = first.(*net.TCPConn).CloseWrite()
 	if _, err := io.ReadAll(first); err != nil {
@@ -77,5 +79,5 @@ func TestTCPFailRate(t *testing.T) {
 	if err != nil || len(b) != 0 {
 		t.Fatalf("failed connection read %q, %v; want a close without greeting", b, err)
 	}
-	waitFor(t, "failure counted", func() bool { return s.Stats().Failed == 1 })
+	testutil.Eventually(t, testTimeout, "failure counted", func() bool { return s.Stats().Failed == 1 })
 }

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/net/websocket"
+
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 // A minimal Chrome DevTools Protocol client: enough to load a page in
@@ -92,7 +94,7 @@ func startBrowser(t testing.TB, bin string, width, height int) *browser {
 	})
 
 	found := make(chan string, 1)
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
@@ -118,7 +120,7 @@ func startBrowser(t testing.TB, bin string, width, height int) *browser {
 	host := strings.TrimPrefix(browserURL, "ws://")
 	host = host[:strings.Index(host, "/")]
 	var pageURL string
-	waitUntil(t, 10*time.Second, "chromium's blank page target", func() bool {
+	testutil.Eventually(t, 10*time.Second, "chromium's blank page target", func() bool {
 		resp, err := http.Get("http://" + host + "/json/list")
 		if err != nil {
 			return false

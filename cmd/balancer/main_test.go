@@ -6,9 +6,10 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 func TestBadInputExitsWithStatus2(t *testing.T) {
@@ -89,29 +90,11 @@ func TestStatusHelpAndTopUsage(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the agent's log writes and the test's reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestAgentRunsAndStopsOnCancel(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var out bytes.Buffer
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"agent", "-node", "t", "-listen", "127.0.0.1:0", "-admin", "127.0.0.1:0",

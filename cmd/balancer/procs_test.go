@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thebalancer/balancer/internal/testutil"
 	"github.com/thebalancer/balancer/node/admin"
 	"github.com/thebalancer/balancer/pki"
 )
@@ -62,7 +63,7 @@ type agent struct {
 	dataDir string
 	args    []string
 	cmd     *exec.Cmd
-	logs    *syncBuffer
+	logs    *testutil.SyncBuffer
 	exited  chan error
 
 	Listen, Admin, Gossip, Raft string
@@ -84,7 +85,7 @@ func (a *agent) start() {
 	all := append([]string{"agent", "-node", a.name, "-listen", "127.0.0.1:0", "-admin", "127.0.0.1:0",
 		"-data-dir", a.dataDir, "-log-format", "json", "-gossip-profile", "local"}, a.args...)
 	a.cmd = exec.Command(balancerBin(t), all...)
-	a.logs = &syncBuffer{}
+	a.logs = &testutil.SyncBuffer{}
 	stderr, err := a.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -219,29 +220,18 @@ func (a *agent) getBody(t testing.TB, path string) (int, string) {
 	return resp.StatusCode, strings.TrimSpace(string(b))
 }
 
-func waitUntil(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // startDemoBackends runs demo backends in-process for the agents to proxy to.
 func startDemoBackends(t testing.TB, names ...string) map[string]string {
 	t.Helper()
 	addrs := map[string]string{}
 	for _, n := range names {
 		ctx, cancel := context.WithCancel(context.Background())
-		out := &syncBuffer{}
+		out := &testutil.SyncBuffer{}
 		done := make(chan error, 1)
 		go func() {
 			done <- run(ctx, []string{"demo-backend", "-name", n, "-listen", "127.0.0.1:0"}, out, io.Discard)
 		}()
-		waitUntil(t, 5*time.Second, "demo backend "+n, func() bool { return strings.Contains(out.String(), "listening on") })
+		testutil.Eventually(t, 5*time.Second, "demo backend "+n, func() bool { return strings.Contains(out.String(), "listening on") })
 		f := strings.Fields(out.String())
 		for i, w := range f {
 			if w == "on" && i+1 < len(f) {
@@ -270,7 +260,7 @@ func startRaftCluster(t testing.TB, n int, backends map[string]string, extra ...
 		}
 		agents = append(agents, startAgent(t, fmt.Sprintf("n%d", i), filepath.Join(base, fmt.Sprintf("n%d", i)), args...))
 	}
-	waitUntil(t, 20*time.Second, "one leader seen by every node, config seeded everywhere", func() bool {
+	testutil.Eventually(t, 20*time.Second, "one leader seen by every node, config seeded everywhere", func() bool {
 		l := agents[0].leaderName(t)
 		if l == "" {
 			return false
@@ -305,7 +295,7 @@ func TestProcClusterBootstrapsExactlyOnce(t *testing.T) {
 				if got := a.leaderName(t); got != leader {
 					t.Errorf("%s follows %q, n1 follows %q: two clusters", a.name, got, leader)
 				}
-				waitUntil(t, 5*time.Second, a.name+" to apply the seed", func() bool { return a.config(t).Index == idx })
+				testutil.Eventually(t, 5*time.Second, a.name+" to apply the seed", func() bool { return a.config(t).Index == idx })
 			}
 		})
 	}
@@ -321,7 +311,7 @@ func TestProcKilledNodeRestartsWithConfig(t *testing.T) {
 		}
 	}
 	before := follower.config(t)
-	waitUntil(t, 10*time.Second, "the applied config to be snapshotted on disk", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the applied config to be snapshotted on disk", func() bool {
 		return snapshotIndex(follower.dataDir) >= before.Index
 	})
 	follower.kill()
@@ -333,7 +323,7 @@ func TestProcKilledNodeRestartsWithConfig(t *testing.T) {
 	if code, body := follower.getBody(t, "/"); code != 200 {
 		t.Fatalf("restarted node does not proxy: %d %s", code, body)
 	}
-	waitUntil(t, 20*time.Second, "the restarted node to rejoin and follow the leader", func() bool {
+	testutil.Eventually(t, 20*time.Second, "the restarted node to rejoin and follow the leader", func() bool {
 		l := follower.leaderName(t)
 		return l != "" && l != follower.name
 	})
@@ -350,7 +340,7 @@ func TestProcMinorityKeepsProxying(t *testing.T) {
 			t.Fatalf("survivor of a minority must keep proxying on its last config: %d %s", code, body)
 		}
 	}
-	waitUntil(t, 20*time.Second, "the survivor to report no leader", func() bool { return survivor.leaderName(t) == "" })
+	testutil.Eventually(t, 20*time.Second, "the survivor to report no leader", func() bool { return survivor.leaderName(t) == "" })
 }
 
 func followerOf(t testing.TB, agents []*agent) (leader, follower *agent) {
@@ -412,7 +402,7 @@ func TestProcLeaderKilledNewLeaderAcceptsWrites(t *testing.T) {
 	killed := time.Now()
 	leader.kill()
 	var res admin.WriteResult
-	waitUntil(t, 30*time.Second, "a write accepted after the leader's death", func() bool {
+	testutil.Eventually(t, 30*time.Second, "a write accepted after the leader's death", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		r, err := follower.client().SetWeight(ctx, "a", 7)
@@ -431,7 +421,7 @@ func TestProcMinorityRefusesWrites(t *testing.T) {
 	agents[1].kill()
 	agents[2].kill()
 	survivor := agents[0]
-	waitUntil(t, 20*time.Second, "the survivor to refuse writes with 503", func() bool {
+	testutil.Eventually(t, 20*time.Second, "the survivor to refuse writes with 503", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
 		_, err := survivor.client().SetWeight(ctx, "a", 5)
@@ -477,14 +467,14 @@ func TestProcLateJoinerBecomesVoterAndLeaves(t *testing.T) {
 		}
 		return v
 	}
-	waitUntil(t, 20*time.Second, "n4 to be added as a voter and to apply the config", func() bool {
+	testutil.Eventually(t, 20*time.Second, "n4 to be added as a voter and to apply the config", func() bool {
 		return voters(agents[0])["n4"] && late.config(t).Index > 0
 	})
 	if code, body := late.getBody(t, "/"); code != 200 || body != "a" {
 		t.Fatalf("the late joiner does not proxy on the replicated config: %d %q", code, body)
 	}
 	late.stop()
-	waitUntil(t, 20*time.Second, "n4 removed from the raft configuration after leaving", func() bool {
+	testutil.Eventually(t, 20*time.Second, "n4 removed from the raft configuration after leaving", func() bool {
 		v := voters(agents[0])
 		return !v["n4"] && len(v) == 3
 	})
@@ -499,7 +489,7 @@ func TestProcDeadNodeIsReapedOnceAReplacementJoins(t *testing.T) {
 	leader, lost := followerOf(t, agents)
 	lost.kill()
 	// Three voters is the floor: the leader keeps the dead one and says so.
-	waitUntil(t, 30*time.Second, "the leader to keep the dead voter for want of a replacement", func() bool {
+	testutil.Eventually(t, 30*time.Second, "the leader to keep the dead voter for want of a replacement", func() bool {
 		return strings.Contains(leader.logs.String(), "kept until a replacement joins") &&
 			strings.Contains(leader.logs.String(), `"member":"`+lost.name+`"`)
 	})
@@ -517,7 +507,7 @@ func TestProcDeadNodeIsReapedOnceAReplacementJoins(t *testing.T) {
 	}
 	repl := startAgent(t, "n4", filepath.Join(t.TempDir(), "n4"),
 		"-gossip", "127.0.0.1:0", "-raft", "127.0.0.1:0", "-join", leader.Gossip)
-	waitUntil(t, 30*time.Second, "the replacement to be a voter and the dead node reaped", func() bool {
+	testutil.Eventually(t, 30*time.Second, "the replacement to be a voter and the dead node reaped", func() bool {
 		v := voters()
 		return v["n4"] && !v[lost.name] && len(v) == 3
 	})
@@ -529,7 +519,7 @@ func TestProcDeadNodeIsReapedOnceAReplacementJoins(t *testing.T) {
 		}
 	}
 	other.kill()
-	waitUntil(t, 30*time.Second, "a write accepted with one of the three remaining voters down", func() bool {
+	testutil.Eventually(t, 30*time.Second, "a write accepted with one of the three remaining voters down", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_, err := repl.client().SetWeight(ctx, "a", 9)
@@ -546,7 +536,7 @@ func TestProcReplacementOnTheSameRaftAddressTakesOver(t *testing.T) {
 	agents := startRaftCluster(t, 3, backends)
 	leader, lost := followerOf(t, agents)
 	lost.kill()
-	waitUntil(t, 30*time.Second, lost.name+" declared dead", func() bool {
+	testutil.Eventually(t, 30*time.Second, lost.name+" declared dead", func() bool {
 		for _, m := range leader.members(t) {
 			if m.Name == lost.name {
 				return m.Status == "dead"
@@ -556,7 +546,7 @@ func TestProcReplacementOnTheSameRaftAddressTakesOver(t *testing.T) {
 	})
 	repl := startAgent(t, "n4", filepath.Join(t.TempDir(), "n4"),
 		"-gossip", "127.0.0.1:0", "-raft", lost.Raft, "-join", leader.Gossip)
-	waitUntil(t, 30*time.Second, "the replacement to be a voter in the old server's place", func() bool {
+	testutil.Eventually(t, 30*time.Second, "the replacement to be a voter in the old server's place", func() bool {
 		v := map[string]bool{}
 		for _, m := range leader.members(t) {
 			if m.RaftRole == "voter" {

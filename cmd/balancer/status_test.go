@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,10 +12,7 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
+	"github.com/thebalancer/balancer/internal/testutil"
 	"github.com/thebalancer/balancer/node/admin"
 )
 
@@ -51,7 +46,7 @@ func TestProcStatusCommand(t *testing.T) {
 
 	var out, errb bytes.Buffer
 	// Rates need two samples of the node's counters half a second apart.
-	waitUntil(t, 10*time.Second, "status to show traffic through "+agents[1].name, func() bool {
+	testutil.Eventually(t, 10*time.Second, "status to show traffic through "+agents[1].name, func() bool {
 		out.Reset()
 		if err := run(context.Background(), []string{"status", "-admin", agents[0].Admin}, &out, &errb); err != nil {
 			t.Fatalf("status: %v %s", err, errb.String())
@@ -100,16 +95,18 @@ func TestProcStatusCommand(t *testing.T) {
 	leaders := 0.0
 	terms := map[float64]bool{}
 	for _, a := range agents {
-		m := scrapeAgent(t, a)
-		leaders += metricValue(m, "balancer_raft_state", "state", "leader")
-		terms[metricValue(m, "balancer_raft_term")] = true
-		if v := metricValue(m, "balancer_members", "state", "alive"); v != 3 {
+		m := testutil.Scrape(t, "http://"+a.Admin+"/metrics")
+		leader, _ := testutil.Sample(m, "balancer_raft_state", "state", "leader")
+		leaders += leader
+		term, _ := testutil.Sample(m, "balancer_raft_term")
+		terms[term] = true
+		if v, _ := testutil.Sample(m, "balancer_members", "state", "alive"); v != 3 {
 			t.Errorf("%s: balancer_members{state=alive} = %v, want 3", a.name, v)
 		}
-		if v := metricValue(m, "balancer_gossip_bytes_total", "direction", "received"); v <= 0 {
+		if v, _ := testutil.Sample(m, "balancer_gossip_bytes_total", "direction", "received"); v <= 0 {
 			t.Errorf("%s: no gossip bytes received", a.name)
 		}
-		if v := metricValue(m, "balancer_raft_commit_index"); v < 1 {
+		if v, _ := testutil.Sample(m, "balancer_raft_commit_index"); v < 1 {
 			t.Errorf("%s: raft commit index %v", a.name, v)
 		}
 	}
@@ -130,64 +127,11 @@ func TestProcStatusCommand(t *testing.T) {
 	}
 
 	// An admin address nobody answers on is a clear error, not a hang.
-	dead := deadAdmin(t)
+	dead := testutil.FreeAddr(t)
 	err := run(context.Background(), []string{"status", "-admin", dead}, &out, &errb)
 	if err == nil || !strings.Contains(err.Error(), dead) {
 		t.Errorf("status against %s: %v", dead, err)
 	}
-}
-
-func scrapeAgent(t testing.TB, a *agent) map[string]*dto.MetricFamily {
-	t.Helper()
-	resp, err := http.Get("http://" + a.Admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatalf("%s /metrics: %v", a.name, err)
-	}
-	return fams
-}
-
-// metricValue is the value of the first series of a gauge or counter
-// family whose labels include the given name, value pairs (0 if none).
-func metricValue(fams map[string]*dto.MetricFamily, name string, labels ...string) float64 {
-	f := fams[name]
-	if f == nil {
-		return 0
-	}
-next:
-	for _, m := range f.GetMetric() {
-		have := map[string]string{}
-		for _, l := range m.GetLabel() {
-			have[l.GetName()] = l.GetValue()
-		}
-		for i := 0; i+1 < len(labels); i += 2 {
-			if have[labels[i]] != labels[i+1] {
-				continue next
-			}
-		}
-		if m.Counter != nil {
-			return m.Counter.GetValue()
-		}
-		return m.Gauge.GetValue()
-	}
-	return 0
-}
-
-// deadAdmin is a 127.0.0.1 address nothing listens on.
-func deadAdmin(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
 }
 
 // TestProcStatusPageInBrowser loads the status page of a real 3-node
@@ -331,7 +275,7 @@ func TestProcStatusPageInBrowser(t *testing.T) {
 	}
 	waitFor("b draining after the page's Drain button", 10*time.Second, func(s screen) bool { return s.Drain["b"] == "draining" })
 	for _, a := range agents {
-		waitUntil(t, 10*time.Second, a.name+" applying the page's changes", func() bool {
+		testutil.Eventually(t, 10*time.Second, a.name+" applying the page's changes", func() bool {
 			bs := a.config(t).Backends
 			return weightOf(bs, "a") == 5 && drainOf(bs, "b")
 		})

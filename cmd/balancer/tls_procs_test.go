@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thebalancer/balancer/internal/testutil"
 	"github.com/thebalancer/balancer/node/admin"
 )
 
@@ -38,7 +39,7 @@ func TestProcTLSClusterAndCLI(t *testing.T) {
 		}
 		agents = append(agents, startAgent(t, n, filepath.Join(base, n), args...))
 	}
-	waitUntil(t, 30*time.Second, "one leader seen by every node, config seeded everywhere", func() bool {
+	testutil.Eventually(t, 30*time.Second, "one leader seen by every node, config seeded everywhere", func() bool {
 		l := agents[0].leaderName(t)
 		if l == "" {
 			return false

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/thebalancer/balancer/consensus/consultest"
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 // client is the real consul/api client pointed at the double, with the
@@ -25,18 +26,6 @@ func client(t *testing.T, s *consultest.Server, token string) *api.Client {
 		t.Fatal(err)
 	}
 	return c
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 type result[T any] struct {
@@ -214,10 +203,10 @@ func TestBlockingQueryWakesOnChange(t *testing.T) {
 	ch := async(func() ([]*api.ServiceEntry, *api.QueryMeta, error) {
 		return c.Health().Service("web", "", false, &api.QueryOptions{WaitIndex: idx, WaitTime: time.Minute})
 	})
-	eventually(t, 5*time.Second, "query held", func() bool { return s.Waiting() == 1 })
+	testutil.Eventually(t, 5*time.Second, "query held", func() bool { return s.Waiting() == 1 })
 	s.SetService("other", consultest.Instance{ID: "x", Port: 1}) // another service: must not wake web's query
 	s.PutKV("unrelated", []byte("x"))                            // nor a KV write
-	eventually(t, 5*time.Second, "query still held", func() bool { return s.Waiting() == 1 })
+	testutil.Eventually(t, 5*time.Second, "query still held", func() bool { return s.Waiting() == 1 })
 	s.AddInstance("web", consultest.Instance{ID: "b", Port: 81})
 
 	r := recv(t, ch, 5*time.Second)
@@ -256,12 +245,12 @@ func TestBlockingQueryEndsWithClient(t *testing.T) {
 	ch := async(func() (*api.KVPair, *api.QueryMeta, error) {
 		return c.KV().Get("k", (&api.QueryOptions{WaitIndex: s.Index(), WaitTime: time.Minute}).WithContext(ctx))
 	})
-	eventually(t, 5*time.Second, "query held", func() bool { return s.Waiting() == 1 })
+	testutil.Eventually(t, 5*time.Second, "query held", func() bool { return s.Waiting() == 1 })
 	cancel()
 	if r := recv(t, ch, 5*time.Second); !errors.Is(r.err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", r.err)
 	}
-	eventually(t, 5*time.Second, "handler released", func() bool { return s.Waiting() == 0 })
+	testutil.Eventually(t, 5*time.Second, "handler released", func() bool { return s.Waiting() == 0 })
 }
 
 func TestIndexBumpsEvenWithoutChange(t *testing.T) {
@@ -318,7 +307,7 @@ func TestKV(t *testing.T) {
 	ch := async(func() (*api.KVPair, *api.QueryMeta, error) {
 		return kv.Get("cfg/balancer", &api.QueryOptions{WaitIndex: missingIdx, WaitTime: time.Minute})
 	})
-	eventually(t, 5*time.Second, "query held", func() bool { return s.Waiting() == 1 })
+	testutil.Eventually(t, 5*time.Second, "query held", func() bool { return s.Waiting() == 1 })
 	s.PutKV("cfg/balancer", []byte(`{"backends":[]}`))
 	r := recv(t, ch, 5*time.Second)
 	if r.err != nil || r.v == nil || string(r.v.Value) != `{"backends":[]}` || r.meta.LastIndex <= missingIdx {
@@ -411,7 +400,7 @@ func TestDown(t *testing.T) {
 	ch := async(func() (*api.KVPair, *api.QueryMeta, error) {
 		return c.KV().Get("k", &api.QueryOptions{WaitIndex: s.Index(), WaitTime: time.Minute})
 	})
-	eventually(t, 5*time.Second, "query held", func() bool { return s.Waiting() == 1 })
+	testutil.Eventually(t, 5*time.Second, "query held", func() bool { return s.Waiting() == 1 })
 	s.SetDown(true)
 	var se api.StatusError
 	if r := recv(t, ch, 5*time.Second); !errors.As(r.err, &se) || se.Code != http.StatusInternalServerError {
@@ -435,7 +424,7 @@ func TestStopStart(t *testing.T) {
 	ch := async(func() (*api.KVPair, *api.QueryMeta, error) {
 		return c.KV().Get("k", &api.QueryOptions{WaitIndex: s.Index(), WaitTime: time.Minute})
 	})
-	eventually(t, 5*time.Second, "query held", func() bool { return s.Waiting() == 1 })
+	testutil.Eventually(t, 5*time.Second, "query held", func() bool { return s.Waiting() == 1 })
 	s.Stop()
 	if r := recv(t, ch, 5*time.Second); r.err == nil {
 		t.Fatal("held query survived Stop")

@@ -18,6 +18,7 @@ import (
 
 	"github.com/thebalancer/balancer/consensus/consultest"
 	"github.com/thebalancer/balancer/consensus/seed"
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 // source is what a consumer (the node) needs from either watcher.
@@ -141,18 +142,6 @@ func expect(t *testing.T, ch <-chan []seed.Backend, want ...seed.Backend) {
 	}
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // settled waits until the watcher has read the current state of what w
 // watches: a query of it is held at the resource's current index (read
 // with w.Fetch). A watcher that had not caught up would be held at a lower
@@ -160,7 +149,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 func settled(t *testing.T, s *consultest.Server, w source) {
 	t.Helper()
 	_, idx, _ := w.Fetch(context.Background()) // an invalid document still reports its index
-	eventually(t, fmt.Sprintf("watcher held at index %d", idx), func() bool { return slices.Contains(s.Held(), idx) })
+	testutil.Eventually(t, within, fmt.Sprintf("watcher held at index %d", idx), func() bool { return slices.Contains(s.Held(), idx) })
 }
 
 func TestServiceSeedsWithWeights(t *testing.T) {
@@ -308,7 +297,7 @@ func TestConsulDownAtStart(t *testing.T) {
 	cfg, logs := fast(t)
 	ch := start(t, seed.NewService(newClient(t, s, ""), "web", seed.WithConfig(cfg)))
 
-	eventually(t, "three failed attempts logged", func() bool { return logs.count("consul query failed") >= 3 })
+	testutil.Eventually(t, within, "three failed attempts logged", func() bool { return logs.count("consul query failed") >= 3 })
 	select {
 	case b := <-ch:
 		t.Fatalf("delivered %v while Consul was down", b)
@@ -318,7 +307,7 @@ func TestConsulDownAtStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect(t, ch, seed.Backend{ID: "a", Address: "10.0.0.1:80", Weight: 1})
-	eventually(t, "recovery logged", func() bool { return logs.count("consul query succeeded again") == 1 })
+	testutil.Eventually(t, within, "recovery logged", func() bool { return logs.count("consul query succeeded again") == 1 })
 }
 
 func TestOutageKeepsLastSet(t *testing.T) {
@@ -332,7 +321,7 @@ func TestOutageKeepsLastSet(t *testing.T) {
 	// 500 No cluster leader, held query included.
 	settled(t, s, w)
 	s.SetDown(true)
-	eventually(t, "errors logged", func() bool { return logs.count("consul query failed") >= 2 })
+	testutil.Eventually(t, within, "errors logged", func() bool { return logs.count("consul query failed") >= 2 })
 	s.PutKV("k", []byte(doc1))
 	s.SetDown(false)
 	expect(t, ch, seed.Backend{ID: "a", Address: "10.0.0.1:80", Weight: 5}, seed.Backend{ID: "b", Address: "10.0.0.2:80", Weight: 1})
@@ -341,7 +330,7 @@ func TestOutageKeepsLastSet(t *testing.T) {
 	settled(t, s, w)
 	s.Stop()
 	before := logs.count("consul query failed")
-	eventually(t, "errors logged", func() bool { return logs.count("consul query failed") >= before+2 })
+	testutil.Eventually(t, within, "errors logged", func() bool { return logs.count("consul query failed") >= before+2 })
 	s.PutKV("k", []byte(doc3))
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
@@ -373,7 +362,7 @@ func TestNoBusyLoop(t *testing.T) {
 		cfg.BackoffMin = 50 * time.Millisecond
 		cfg.BackoffMax = 200 * time.Millisecond
 		start(t, seed.NewService(newClient(t, s, ""), "web", seed.WithConfig(cfg)))
-		eventually(t, "first failure", func() bool { return s.Requests() > 0 })
+		testutil.Eventually(t, within, "first failure", func() bool { return s.Requests() > 0 })
 		logged := logs.count("consul query failed")
 		n := requestsOver(t, s.Requests, window)
 		// Backoff 50, 100, 200, 200, ... ms: at most 1 + window/50ms even
@@ -443,7 +432,7 @@ func TestIndexGoesBackwards(t *testing.T) {
 
 	settled(t, s, w)
 	s.ResetIndex(2) // a snapshot restore: every index is now far below the watcher's
-	eventually(t, "reset logged", func() bool { return logs.count("consul index went backwards") >= 1 })
+	testutil.Eventually(t, within, "reset logged", func() bool { return logs.count("consul index went backwards") >= 1 })
 	s.PutKV("k", []byte(doc3)) // index 3: lower than before the restore, still seen
 	expect(t, ch, seed.Backend{ID: "c", Address: "10.0.0.3:80", Weight: 2})
 }
@@ -460,7 +449,7 @@ func TestToken(t *testing.T) {
 	// Without the token: 403, logged and retried until the ACL allows it.
 	cfg, logs := fast(t)
 	ch := start(t, seed.NewKV(newClient(t, s, ""), "k", seed.WithConfig(cfg)))
-	eventually(t, "403 logged", func() bool { return logs.count("consul query failed") >= 2 })
+	testutil.Eventually(t, within, "403 logged", func() bool { return logs.count("consul query failed") >= 2 })
 	s.SetToken("")
 	expect(t, ch, want)
 }
@@ -509,7 +498,7 @@ func TestWatchStopsWithContext(t *testing.T) {
 	if b := next(t, got); len(b) != 0 {
 		t.Fatalf("first set %v, want empty", b)
 	}
-	eventually(t, "query held", func() bool { return s.Waiting() == 1 })
+	testutil.Eventually(t, within, "query held", func() bool { return s.Waiting() == 1 })
 	cancel()
 	select {
 	case err := <-done:
@@ -519,5 +508,5 @@ func TestWatchStopsWithContext(t *testing.T) {
 	case <-time.After(within):
 		t.Fatal("Watch did not return after cancel")
 	}
-	eventually(t, "held query released", func() bool { return s.Waiting() == 0 })
+	testutil.Eventually(t, within, "held query released", func() bool { return s.Waiting() == 0 })
 }

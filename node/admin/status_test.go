@@ -2,12 +2,13 @@ package admin
 
 import (
 	"encoding/json"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 // clusterFake is one node of a fake cluster: a fixed config and load, and a
@@ -52,12 +53,7 @@ func TestClusterStatusAddsPeersTraffic(t *testing.T) {
 	b := &clusterFake{name: "b", traffic: Traffic{Rate: 5, P99MS: 80, Requests: 50}}
 	sa, sb := startFake(t, a), startFake(t, b)
 	// A member whose admin API is gone: its row must say so, not stall.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gone := ln.Addr().String()
-	ln.Close()
+	gone := testutil.FreeAddr(t)
 	members := []Member{
 		{Name: "a", AdminAddr: sa.Listener.Addr().String(), Status: "alive", Leader: true},
 		{Name: "b", AdminAddr: sb.Listener.Addr().String(), Status: "alive"},

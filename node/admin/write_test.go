@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/thebalancer/balancer/consensus"
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 // checkErrorAnswer asserts a JSON {"error": "..."} answer with status want.
@@ -553,12 +553,7 @@ func TestForwardLeaderUnknownOrDown(t *testing.T) {
 
 	// A leader whose admin port refuses connections: nothing was sent, so
 	// the answer says the write was not applied.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := testutil.FreeAddr(t)
 	f.set(func(f *fakeWriter) { f.leaderName, f.leaderAddr = "gone", dead })
 	eb = checkErrorAnswer(t, call(t, srv.URL, "DELETE", "/v1/backends/web1", "", nil), http.StatusServiceUnavailable)
 	if !strings.HasPrefix(eb.Error, "no leader: ") || !strings.Contains(eb.Error, "gone") || !strings.Contains(eb.Error, "not applied") || eb.Outcome != OutcomeNotApplied {

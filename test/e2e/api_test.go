@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thebalancer/balancer/internal/testutil"
 	"github.com/thebalancer/balancer/node/admin"
 )
 
@@ -147,22 +148,11 @@ var writeClient = &http.Client{Transport: &http.Transport{
 	DialContext:       (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
 }}
 
-// eventually polls cond every 100 ms until it holds or d passes, then
-// fails the test with what and cond's last complaint.
+// eventually is testutil.Eventually at this suite's pace, every 100 ms:
+// its conds make requests to a cluster in Docker, and some of them write.
 func eventually(t testing.TB, d time.Duration, what string, cond func() error) time.Duration {
 	t.Helper()
-	start := time.Now()
-	deadline := start.Add(d)
-	for {
-		err := cond()
-		if err == nil {
-			return time.Since(start)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, d, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return testutil.EventuallyEvery(t, d, 100*time.Millisecond, what, cond)
 }
 
 // waitHealthy waits until every node is ready, sees all three members
