@@ -100,10 +100,10 @@ func TestLostChangeIsRepaired(t *testing.T) {
 	a, b := nodes[0], nodes[1]
 	first := []BackendState{{ID: "b1", InFlight: 3}}
 	a.Publish(first)
-	waitFor(t, propagation, "first state on b", func() error { return hasState(b, a.name, first) })
+	testutil.Eventually(t, propagation, "first state on b", func() error { return hasState(b, a.name, first) })
 	// Let the sender go quiet, so the next change leaves in one round at once.
 	before := a.Stats().Rounds
-	waitFor(t, propagation, "the first state's rounds done", func() error {
+	testutil.Eventually(t, propagation, "the first state's rounds done", func() error {
 		r := a.Stats().Rounds
 		time.Sleep(5 * a.cfg.SendInterval)
 		if a.Stats().Rounds != r {
@@ -114,10 +114,9 @@ func TestLostChangeIsRepaired(t *testing.T) {
 
 	a.lose.Store(1) // b is the only peer: the change's one packet
 	second := []BackendState{{ID: "b1", InFlight: 9}}
-	sent := time.Now()
 	a.Publish(second)
-	waitFor(t, 3*time.Second, "the lost change on b", func() error { return hasState(b, a.name, second) })
-	t.Logf("the lost change reached b after %v", time.Since(sent).Round(time.Millisecond))
+	took := testutil.Eventually(t, 3*time.Second, "the lost change on b", func() error { return hasState(b, a.name, second) })
+	t.Logf("the lost change reached b after %v", took.Round(time.Millisecond))
 	if n := a.lose.Load(); n != 0 {
 		t.Fatalf("%d packets still to lose: the change was never sent", n)
 	}

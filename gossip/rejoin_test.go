@@ -2,6 +2,7 @@ package gossip
 
 import (
 	"fmt"
+	"github.com/thebalancer/balancer/internal/testutil"
 	"testing"
 	"time"
 )
@@ -10,7 +11,7 @@ import (
 // remembers, and does so in the background: with none of them up yet, Run
 // neither blocks nor fails, and the first one to appear is found.
 func TestRejoinFindsRememberedMembersInTheBackground(t *testing.T) {
-	addrA := freeAddr(t)
+	addrA := testutil.FreeAddr(t)
 	cfgB := testConfig(t, "b")
 	cfgB.Rejoin = map[string]string{"a": addrA, "b": "127.0.0.1:1"} // its own name is skipped
 	b := start(t, cfgB)
@@ -27,7 +28,7 @@ func TestRejoinFindsRememberedMembersInTheBackground(t *testing.T) {
 	cfgA.Bind = addrA
 	a := start(t, cfgA)
 	began := time.Now()
-	waitFor(t, 20*time.Second, "a and b alive on both", func() error {
+	testutil.Eventually(t, 20*time.Second, "a and b alive on both", func() error {
 		for _, nd := range []*node{a, b} {
 			for _, name := range []string{"a", "b"} {
 				if st := memberState(nd, name); st != StateAlive {
