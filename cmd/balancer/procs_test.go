@@ -555,7 +555,12 @@ func TestProcReplacementOnTheSameRaftAddressTakesOver(t *testing.T) {
 		}
 		return v["n4"] && !v[lost.name] && len(v) == 3
 	})
-	if code, body := repl.getBody(t, "/"); code != 200 || body != "a" {
-		t.Fatalf("the replacement does not proxy on the replicated config: %d %q", code, body)
-	}
+	// Being a voter comes before the leader's log reaches it: wait for the
+	// config to be applied, not only for the membership.
+	testutil.Eventually(t, 10*time.Second, "the replacement proxies on the replicated config", func() error {
+		if code, body := repl.getBody(t, "/"); code != 200 || body != "a" {
+			return fmt.Errorf("%d %q", code, body)
+		}
+		return nil
+	})
 }
