@@ -234,8 +234,12 @@ type Node struct {
 	tls     tlsSetup
 
 	gossip *gossip.Gossip // nil without -gossip
-	store  *consensus.Store
-	consul consulSource // nil without -consul-service / -consul-kv
+	// The members last saved to the data dir and the last save's error;
+	// the consensus loop's alone.
+	savedPeers map[string]string
+	peersErr   error
+	store      *consensus.Store
+	consul     consulSource // nil without -consul-service / -consul-kv
 
 	replicated atomic.Bool // a committed config has been applied
 
@@ -325,6 +329,10 @@ func New(cfg Config) (*Node, error) {
 		gc.Name = cfg.Name
 		gc.Logger = log.With("part", "gossip")
 		gc.Meta = n.meta()
+		if gc.Rejoin, err = loadPeers(cfg.DataDir); err != nil {
+			log.Warn("cannot read the members remembered from the last run; only -join will find the cluster", "err", err)
+		}
+		n.savedPeers = gc.Rejoin
 		if n.gossip, err = gossip.New(gc); err != nil {
 			n.close()
 			return nil, fmt.Errorf("-gossip: %w", err)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -117,6 +118,7 @@ func (n *Node) consensusLoop(ctx context.Context) {
 			if leaderCancel != nil {
 				n.reconcileVoters(ctx)
 			}
+			n.rememberPeers()
 		case <-reconcile.C:
 			if leaderCancel != nil {
 				n.reconcileVoters(ctx)
@@ -197,12 +199,23 @@ func (n *Node) bootstrap(ctx context.Context) error {
 	}
 	expect := n.cfg.BootstrapExpect
 	switch {
-	case n.gossip == nil, expect == 1:
+	case n.gossip == nil, expect == 1 && len(n.cfg.Gossip.Join) == 0:
 		n.log.Info("bootstrapping a single-node raft cluster")
 		return n.store.BootstrapSelf()
 	case expect == 0:
 		n.log.Info("waiting to be added to the raft cluster by its leader")
 		return nil
+	}
+	// Whoever is to found the cluster must first see who is there: a node
+	// that bootstrapped alone before its join went through would be a
+	// second raft cluster that no later contact repairs (both logs can hold
+	// an entry of the same index and term). With seeds, even -bootstrap-
+	// expect 1 waits for the join and then for founders to say no cluster
+	// exists yet.
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.gossip.Joined():
 	}
 	n.log.Info("waiting for the expected raft servers", "expect", expect)
 	tick := time.NewTicker(200 * time.Millisecond)
@@ -551,8 +564,8 @@ func (n *Node) WaitIndex(ctx context.Context, idx uint64) error {
 	return n.store.WaitIndex(ctx, idx)
 }
 
-// WaitApplied blocks until every alive member in the raft cluster reports
-// (through gossip metadata) that it applied idx.
+// WaitApplied blocks until every raft server reports (through gossip
+// metadata) that it applied idx.
 func (n *Node) WaitApplied(ctx context.Context, idx uint64) error {
 	if err := n.store.WaitIndex(ctx, idx); err != nil {
 		return err
@@ -566,13 +579,17 @@ func (n *Node) WaitApplied(ctx context.Context, idx uint64) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("not yet applied on %v: %w", behind, ctx.Err())
+			return fmt.Errorf("not confirmed applied on %s: %w", strings.Join(behind, ", "), ctx.Err())
 		case <-tick.C:
 		}
 	}
 }
 
-// behind lists alive raft members whose advertised applied index is below idx.
+// behind lists the raft servers not known to have applied idx: those whose
+// advertised applied index is below it, and those this node cannot hear
+// (suspect, dead, left or unknown to gossip), which may well be proxying
+// on an older config: a node cut off is exactly the one an operator asking
+// "applied everywhere?" needs to hear about.
 func (n *Node) behind(idx uint64) []string {
 	if n.gossip == nil {
 		return nil
@@ -581,18 +598,26 @@ func (n *Node) behind(idx uint64) []string {
 	if err != nil {
 		return []string{"(raft configuration unavailable)"}
 	}
-	voters := make(map[string]bool, len(servers))
-	for _, s := range servers {
-		voters[s.ID] = true
+	members := make(map[string]gossip.Member)
+	for _, m := range n.gossip.Members() {
+		members[m.Name] = m
 	}
 	var out []string
-	for _, m := range n.gossip.Members() {
-		if m.State != gossip.StateAlive || !voters[m.Name] || m.Name == n.cfg.Name {
+	for _, s := range servers {
+		if s.ID == n.cfg.Name {
 			continue
 		}
-		applied, _ := strconv.ParseUint(m.Meta[metaApplied], 10, 64)
-		if applied < idx {
-			out = append(out, m.Name)
+		m, ok := members[s.ID]
+		switch {
+		case !ok:
+			out = append(out, s.ID+" (not in gossip)")
+		case m.State != gossip.StateAlive:
+			out = append(out, s.ID+" ("+m.State+")")
+		default:
+			applied, _ := strconv.ParseUint(m.Meta[metaApplied], 10, 64)
+			if applied < idx {
+				out = append(out, fmt.Sprintf("%s (at %d)", s.ID, applied))
+			}
 		}
 	}
 	return out

@@ -136,8 +136,8 @@ type ConfigWriter interface {
 	// WaitIndex blocks until this node has applied config index idx, ctx
 	// ends (the error wraps ctx.Err()) or the store closes (ErrClosed).
 	WaitIndex(ctx context.Context, idx uint64) error
-	// WaitApplied blocks until every alive member has applied config index
-	// idx, or ctx ends.
+	// WaitApplied blocks until every raft server has confirmed applying
+	// config index idx, or ctx ends (the error names those that have not).
 	WaitApplied(ctx context.Context, idx uint64) error
 }
 

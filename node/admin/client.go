@@ -100,8 +100,8 @@ type writeOptions struct {
 // index from Config or a previous WriteResult. IfIndex(0) is unconditional.
 func IfIndex(index uint64) WriteOption { return func(o *writeOptions) { o.ifIndex = index } }
 
-// WaitApplied makes the write answer only once every alive member applied
-// it, or the server's default bound (10s) passed: see
+// WaitApplied makes the write answer only once every raft server confirmed
+// applying it, or the server's default bound (10s) passed: see
 // WriteResult.AppliedEverywhere.
 func WaitApplied() WriteOption { return func(o *writeOptions) { o.waitApplied = true } }
 

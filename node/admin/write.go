@@ -97,8 +97,9 @@ type WriteResult struct {
 	Leader string `json:"leader"`
 	// Changed reports whether the write changed the config.
 	Changed bool `json:"changed"`
-	// AppliedEverywhere is set with ?wait=applied when every alive member
-	// applied Index before the wait ended.
+	// AppliedEverywhere is set with ?wait=applied when every raft server
+	// confirmed it applied Index before the wait ended; one that cannot be
+	// heard from (suspect, dead) has not confirmed.
 	AppliedEverywhere bool `json:"applied_everywhere"`
 	// WaitError says why the applied wait ended without success.
 	WaitError string `json:"wait_error,omitempty"`
@@ -235,7 +236,7 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request, cmd consensus.Comman
 		everywhere := err == nil
 		ans.AppliedEverywhere = &everywhere
 		if err != nil {
-			ans.WaitError = fmt.Sprintf("index %d is committed, but not every alive member applied it within %s: %v", res.Index, opts.timeout, err)
+			ans.WaitError = fmt.Sprintf("index %d is committed, but not every raft server confirmed applying it within %s: %v", res.Index, opts.timeout, err)
 		}
 	}
 	w.Header().Set(headerConfigIndex, strconv.FormatUint(res.Index, 10))

@@ -1,0 +1,45 @@
+package node
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/thebalancer/balancer/internal/testutil"
+	"github.com/thebalancer/balancer/node/admin"
+	"github.com/thebalancer/balancer/proxy"
+)
+
+// A node given -join and -bootstrap-expect 1 must not found a raft cluster
+// of its own when it finds one already there: two clusters that both hold
+// an entry at the same index and term never reconcile, and the newcomer
+// would proxy on its own config for good. Here the leader cannot add the
+// newcomer (its advertised raft address is dead), which is what a leader
+// frozen or busy at the wrong moment looks like; the newcomer must wait.
+func TestJoinerWithBootstrapExpectOneWaitsForTheExistingCluster(t *testing.T) {
+	first := startClusterWith(t, 1, func(_ int, c *Config) { c.BootstrapExpect = 1 },
+		proxy.Backend{ID: "a", Address: "127.0.0.1:1", Weight: 1})[0]
+	testutil.Eventually(t, 20*time.Second, "n1 leading a seeded config", func() bool {
+		return first.store.IsLeader() && first.store.AppliedIndex() > 0
+	})
+	joiner := startClusterWith(t, 1, func(_ int, c *Config) {
+		c.Name = "n2"
+		c.BootstrapExpect = 1
+		c.Gossip.Join = []string{first.GossipAddr()}
+		c.Raft.Advertise = testutil.FreeAddr(t)
+	}, proxy.Backend{ID: "rogue", Address: "127.0.0.1:1", Weight: 1})[0]
+	testutil.Eventually(t, 10*time.Second, "n2 in n1's gossip view", func() bool {
+		m, err := admin.NewClient(first.AdminAddr(), "").Members(context.Background())
+		return err == nil && len(m.Members) == 2
+	})
+	// The leader reconciles on every member event and every 2 s: watch
+	// over two rounds that n2 founds nothing.
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if has, _ := joiner.store.HasState(); has {
+			t.Fatalf("n2 bootstrapped a raft cluster of its own (leader: %v, config %+v)",
+				joiner.store.IsLeader(), joiner.store.Config())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
