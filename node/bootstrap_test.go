@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thebalancer/balancer/gossip"
 	"github.com/thebalancer/balancer/internal/testutil"
 	"github.com/thebalancer/balancer/node/admin"
 	"github.com/thebalancer/balancer/proxy"
@@ -42,4 +43,58 @@ func TestJoinerWithBootstrapExpectOneWaitsForTheExistingCluster(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// A leader that is itself stopping must not shrink the raft configuration:
+// when a whole cluster stops at once, the last leader would remove every
+// peer that left before it, and those peers, never told, could later
+// elect a leader of the old configuration beside it.
+func TestStoppingLeaderRemovesNoServer(t *testing.T) {
+	nodes := startClusterWith(t, 3, func(i int, c *Config) {
+		if i == 0 {
+			c.BootstrapExpect = 1
+		}
+	}, proxy.Backend{ID: "a", Address: "127.0.0.1:1", Weight: 1})
+	voters := func(n *testNode) map[string]bool {
+		v := map[string]bool{}
+		s, _ := n.store.Servers()
+		for _, x := range s {
+			v[x.ID] = true
+		}
+		return v
+	}
+	testutil.Eventually(t, 20*time.Second, "three voters", func() bool { return len(voters(nodes[0])) == 3 })
+	var leader, leaving *testNode
+	testutil.Eventually(t, 10*time.Second, "a leader", func() bool {
+		for _, n := range nodes {
+			if n.store.IsLeader() {
+				leader = n
+			}
+		}
+		return leader != nil
+	})
+	for _, n := range nodes {
+		if n != leader {
+			leaving = n
+		}
+	}
+	leader.draining.Store(true) // as from the start of its own stop
+	leaving.shutdown(t)
+	testutil.Eventually(t, 10*time.Second, leaving.Name()+" left, to the leader", func() bool {
+		for _, m := range leader.gossip.Members() {
+			if m.Name == leaving.Name() {
+				return m.State == gossip.StateLeft
+			}
+		}
+		return false
+	})
+	leader.reconcileVoters(context.Background())
+	if !voters(leader)[leaving.Name()] {
+		t.Fatalf("a stopping leader removed %s from raft", leaving.Name())
+	}
+	leader.draining.Store(false) // a leader that stays removes it
+	testutil.Eventually(t, 10*time.Second, leaving.Name()+" removed by a leader that is not stopping", func() bool {
+		leader.reconcileVoters(context.Background())
+		return !voters(leader)[leaving.Name()]
+	})
 }

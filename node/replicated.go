@@ -331,7 +331,13 @@ func (n *Node) seedStatic(ctx context.Context) {
 // reconcileVoters adds alive gossip members as voters and removes those
 // that left gracefully. Only the leader calls it, one change at a time.
 func (n *Node) reconcileVoters(ctx context.Context) {
-	if n.gossip == nil || !n.store.IsLeader() {
+	// A node that is stopping changes no membership: when a whole cluster
+	// stops at once (Ctrl-C on make run, a host-wide shutdown), leadership
+	// lands on whichever node is still draining, and it would remove every
+	// peer that left before it. The servers removed that way never learn
+	// it; restarted, two of them could elect a leader of the old
+	// configuration beside it and overwrite what it committed alone.
+	if n.gossip == nil || !n.store.IsLeader() || n.draining.Load() {
 		return
 	}
 	servers, err := n.store.Servers()
