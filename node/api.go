@@ -40,6 +40,13 @@ func (n *Node) ready() error {
 	if len(n.backends) == 0 {
 		return errors.New("no backends configured")
 	}
+	routable := false
+	for _, b := range n.backends {
+		routable = routable || (!b.Drain && b.Weight > 0)
+	}
+	if !routable {
+		return errors.New("every backend is drained or has weight 0: nothing to route to")
+	}
 	if id, _ := n.store.Leader(); id == "" {
 		return errors.New("no raft leader: routing on the last applied config, writes refused")
 	}
