@@ -139,8 +139,37 @@ func (n *Node) applyReplicated() {
 		bs[i] = proxy.Backend{ID: b.ID, Address: b.Address, Weight: b.Weight, Drain: b.Drain}
 	}
 	n.setBackends(bs)
-	n.replicated.Store(true)
+	if !n.replicated.Swap(true) {
+		n.warnIgnoredFlags(cfg)
+	}
 	n.advertise()
+}
+
+// warnIgnoredFlags says once, at the first applied config, which -backend
+// flags that config contradicts. The flags only seed an empty config; a
+// node restarted with edited flags would otherwise run on the replicated
+// set with no sign that its flags did nothing.
+func (n *Node) warnIgnoredFlags(cfg consensus.Config) {
+	have := make(map[string]consensus.Backend, len(cfg.Backends))
+	for _, b := range cfg.Backends {
+		have[b.ID] = b
+	}
+	var differ []string
+	for _, f := range n.cfg.Backends {
+		b, ok := have[f.ID]
+		switch {
+		case !ok:
+			differ = append(differ, f.ID+" (not in the config)")
+		case b.Address != f.Address:
+			differ = append(differ, fmt.Sprintf("%s (address %s in the config)", f.ID, b.Address))
+		case b.Source == consensus.SourceStatic && b.SourceWeight != f.Weight:
+			differ = append(differ, fmt.Sprintf("%s (seeded with weight %d)", f.ID, b.SourceWeight))
+		}
+	}
+	if len(differ) > 0 {
+		n.log.Warn("-backend flags only seed an empty config; these differ from the replicated config and are ignored: change backends through the admin API (balancer weights set, PUT /v1/backends/ID)",
+			"config_index", cfg.Index, "backends", strings.Join(differ, ", "))
+	}
 }
 
 // advertise publishes this node's raft facts in its gossip metadata, so
