@@ -313,7 +313,10 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("-admin: %w", err)
 	}
 	ro := cfg.Raft
-	ro.NodeID, ro.DataDir, ro.Logger = cfg.Name, cfg.DataDir, log.With("part", "raft")
+	// raft and memberlist log a line per malformed packet or connection:
+	// what peers and strangers can send must not decide the log's size.
+	libLog := slog.New(newThrottle(log.Handler(), time.Minute, 5))
+	ro.NodeID, ro.DataDir, ro.Logger = cfg.Name, cfg.DataDir, libLog.With("part", "raft")
 	ro.TLS = n.tls.raft
 	if n.store, err = consensus.Open(ro); err != nil {
 		n.traffic.Close()
@@ -327,7 +330,7 @@ func New(cfg Config) (*Node, error) {
 	if cfg.clustered() {
 		gc := cfg.Gossip
 		gc.Name = cfg.Name
-		gc.Logger = log.With("part", "gossip")
+		gc.Logger = libLog.With("part", "gossip")
 		gc.Meta = n.meta()
 		if gc.Rejoin, err = loadPeers(cfg.DataDir); err != nil {
 			log.Warn("cannot read the members remembered from the last run; only -join will find the cluster", "err", err)
