@@ -1,6 +1,7 @@
 package node
 
 import (
+	"maps"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -135,10 +136,21 @@ func (c *collector) collectBackends(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.drain, prometheus.GaugeValue, boolValue(b.Drain), b.ID)
 	}
 	n.transMu.Lock()
-	for k, v := range n.transitions {
+	trans := maps.Clone(n.transitions)
+	n.transMu.Unlock()
+	// Every backend's usual transitions exist from the start at 0, so that
+	// increase() and alerts see the first opening instead of a new series.
+	for _, b := range applied {
+		for _, ft := range [][2]breaker.State{{breaker.Closed, breaker.Open}, {breaker.Open, breaker.HalfOpen},
+			{breaker.HalfOpen, breaker.Closed}, {breaker.HalfOpen, breaker.Open}} {
+			if k := (transitionKey{b.ID, ft[0], ft[1]}); trans[k] == 0 {
+				trans[k] = 0
+			}
+		}
+	}
+	for k, v := range trans {
 		ch <- prometheus.MustNewConstMetric(c.trans, prometheus.CounterValue, float64(v), k.backend, k.from.String(), k.to.String())
 	}
-	n.transMu.Unlock()
 	ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(n.proxy.Rejected()))
 	ch <- prometheus.MustNewConstMetric(c.connsOpen, prometheus.GaugeValue, float64(n.proxy.ConnsOpen()))
 	ch <- prometheus.MustNewConstMetric(c.connsMax, prometheus.GaugeValue, float64(n.cfg.Proxy.MaxConns))

@@ -256,6 +256,7 @@ func TestAdminEndpoints(t *testing.T) {
 		`balancer_backend_inflight{backend="a"} 0`,
 		`balancer_backend_circuit_state{backend="a",state="closed"} 1`,
 		`balancer_backend_request_duration_seconds_count{backend="a"} 1`,
+		`balancer_circuit_transitions_total{backend="a",from="closed",to="open"} 0`,
 		`go_goroutines`,
 	} {
 		if !strings.Contains(string(metrics), want) {
