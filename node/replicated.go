@@ -559,6 +559,9 @@ func (n *Node) transferLeadership() {
 	if !n.store.IsLeader() || n.gossip == nil {
 		return
 	}
+	if servers, err := n.store.Servers(); err == nil && len(servers) < 2 {
+		return // a one-voter cluster: nobody to hand over to
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	if err := n.store.TransferLeadership(ctx); err != nil {
