@@ -45,13 +45,24 @@ import (
 // for the failures itself; the exception is a backend that answered this
 // node successfully after the peer's open was first seen here. Only one node
 // runs the half-open trial of a backend: the first by name among the nodes
-// whose circuit for it is open. If its trial succeeds its circuit closes, its
-// report says so and the backend comes back everywhere. If that node dies,
-// its reports leave the view and the others send again (their own circuits
-// open if the backend still fails). If a single node's own path is the
-// problem, its trials keep failing; so once a remote open has lasted
-// disputeAfter, every other node sends one probe request per sleep window,
-// and a success lets that node route to the backend again.
+// whose circuit for it is open, so a sick backend gets one request per sleep
+// window from the whole cluster, not one from every node. If its trial
+// succeeds its circuit closes, its report says so and the backend comes back
+// everywhere. If that node dies, its reports leave the view and the others
+// send again (their own circuits open if the backend still fails).
+//
+// Disputes. The opener can only run its trial with a request to send: a
+// node that gets no traffic stays half-open and, on its word alone, the
+// backend would stay excluded everywhere however long ago it recovered. Its
+// own path may also be the problem, so that its trials keep failing. So a
+// remote open is trusted alone for disputeAfter (by default two sleep
+// windows: one for the opener's trial, one for its outcome to spread), as
+// seen here. After that it no longer makes its peer the prober: this node
+// sends one request of its own per sleep window, a probe while its own
+// circuit is closed or its own trial while half-open, and a success lets it
+// route to the backend again. A fresh open (a peer whose circuit opened
+// lately) takes the lead again, so a backend failing for good costs each
+// node at most one request per sleep window after the first disputeAfter.
 
 // peerBackend is one backend in a peer's report.
 type peerBackend struct {
@@ -71,7 +82,7 @@ type routeParams struct {
 	freshAge     time.Duration // reports younger than this count fully
 	maxAge       time.Duration // reports older than this carry no per-backend detail
 	sleepWindow  time.Duration // the breaker's sleep window: probe cadence
-	disputeAfter time.Duration // a remote open this old gets probed by every node
+	disputeAfter time.Duration // a remote open this old no longer keeps this node from trying
 	// Gossip's cadence: a peer sends within sendInterval of any change and
 	// at least every heartbeat. Zero: reports are taken at face age.
 	sendInterval, heartbeat time.Duration
@@ -216,7 +227,7 @@ func computeRoutes(in routeInputs, st *routeState) []proxy.Route {
 			if !ok {
 				continue
 			}
-			if owner == "" || pr.node < owner {
+			if in.now.Sub(since) < p.disputeAfter && (owner == "" || pr.node < owner) {
 				owner = pr.node
 			}
 			if in.lastOK[b.ID].After(since) {

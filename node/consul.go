@@ -54,8 +54,9 @@ func newConsulSource(c ConsulConfig, log *slog.Logger) (consulSource, error) {
 }
 
 // runConsul keeps the replicated config in sync with Consul while this node
-// leads. Consul being down is logged by the watcher and retried; the last
-// committed config stays in force. Operator-pinned weights survive syncs
+// leads. Consul being down, a missing KV key or a service with no healthy
+// instance is logged by the watcher and not delivered; the last committed
+// config stays in force. Operator-pinned weights survive syncs
 // (consensus.Sync keeps them).
 func (n *Node) runConsul(ctx context.Context) {
 	err := n.consul.Watch(ctx, func(bs []seed.Backend) {
@@ -69,7 +70,14 @@ func (n *Node) runConsul(ctx context.Context) {
 			res, err := n.store.Apply(actx, consensus.Sync(consensus.SourceConsul, set))
 			cancel()
 			if err == nil {
-				if res.Changed {
+				switch {
+				case !res.Changed:
+				case len(set) == 0:
+					// Only an explicit {"backends": []} gets here (the
+					// watchers never deliver a missing key or an empty
+					// service), but it still means 503 for everything.
+					n.log.Warn("synced backends from Consul: the document lists none, so no Consul backend is left", "index", res.Index)
+				default:
 					n.log.Info("synced backends from Consul", "index", res.Index, "backends", len(set))
 				}
 				return

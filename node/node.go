@@ -146,6 +146,12 @@ func (c Config) Validate() error {
 	if err := c.Routes.Validate(); err != nil {
 		return err
 	}
+	if d := c.Routes.DisputeAfter; d != 0 && d < c.Breaker.SleepWindow {
+		// Shorter, and peers would try a sick backend before its opener
+		// had its one trial: every node's request instead of one.
+		return fmt.Errorf("-breaker-dispute-after %v: want 0 (%d × -breaker-sleep) or at least -breaker-sleep %v",
+			d, DefaultDisputeFactor, c.Breaker.SleepWindow)
+	}
 	if c.clustered() {
 		g := c.Gossip
 		g.Name = c.Name

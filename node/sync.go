@@ -21,20 +21,30 @@ type RouteConfig struct {
 	// MaxAge: peer reports older than this keep only their total; when
 	// every report is older, routing uses local counts alone.
 	MaxAge time.Duration
-	// DisputeAfter: a peer's open circuit that lasts this long is probed by
-	// this node once per breaker sleep window, in case the peer's own path
-	// is the problem.
+	// DisputeAfter (-breaker-dispute-after) bounds how long a peer's open
+	// or half-open circuit keeps a backend from this node on the peer's
+	// word alone. Until then only the opener sends the half-open trial, so a
+	// sick backend gets one request per sleep window from the whole cluster;
+	// after it, this node sends its own single request per sleep window (a
+	// probe, or its own circuit's trial), because the opener may be getting
+	// no traffic to try with, or its own path may be the problem. Zero means
+	// DefaultDisputeFactor times the breaker's sleep window; otherwise it
+	// must be at least the sleep window, so the opener always has its turn.
 	DisputeAfter time.Duration
 }
+
+// DefaultDisputeFactor times the breaker sleep window is the dispute bound
+// when DisputeAfter is zero: the opener's trial comes after one window, and
+// one more lets its outcome reach every peer by gossip before they try too.
+const DefaultDisputeFactor = 2
 
 // DefaultRouteConfig fits gossip's default 50 ms send interval: a report
 // is fresh for two send intervals and loses its detail over the next second.
 func DefaultRouteConfig() RouteConfig {
 	return RouteConfig{
-		Tick:         20 * time.Millisecond,
-		FreshAge:     100 * time.Millisecond,
-		MaxAge:       time.Second,
-		DisputeAfter: 30 * time.Second,
+		Tick:     20 * time.Millisecond,
+		FreshAge: 100 * time.Millisecond,
+		MaxAge:   time.Second,
 	}
 }
 
@@ -45,10 +55,18 @@ func (c RouteConfig) Validate() error {
 		return fmt.Errorf("route tick %v: must be positive", c.Tick)
 	case c.FreshAge < 0 || c.MaxAge <= c.FreshAge:
 		return fmt.Errorf("-peer-max-age %v: must exceed the fresh age %v", c.MaxAge, c.FreshAge)
-	case c.DisputeAfter <= 0:
-		return fmt.Errorf("-breaker-dispute-after %v: must be positive", c.DisputeAfter)
+	case c.DisputeAfter < 0:
+		return fmt.Errorf("-breaker-dispute-after %v: must be 0 (%d × -breaker-sleep) or at least -breaker-sleep", c.DisputeAfter, DefaultDisputeFactor)
 	}
 	return nil
+}
+
+// disputeAfter is the bound in force for the breaker's sleep window.
+func (c RouteConfig) disputeAfter(sleep time.Duration) time.Duration {
+	if c.DisputeAfter == 0 {
+		return DefaultDisputeFactor * sleep
+	}
+	return c.DisputeAfter
 }
 
 // params combines the route settings with the breaker's sleep window and
@@ -61,7 +79,7 @@ func (c RouteConfig) params(sleep time.Duration, g gossip.Config) routeParams {
 	if g.ReportTTL == 0 {
 		g.ReportTTL = d.ReportTTL
 	}
-	return routeParams{freshAge: c.FreshAge, maxAge: c.MaxAge, sleepWindow: sleep, disputeAfter: c.DisputeAfter,
+	return routeParams{freshAge: c.FreshAge, maxAge: c.MaxAge, sleepWindow: sleep, disputeAfter: c.disputeAfter(sleep),
 		sendInterval: g.SendInterval, heartbeat: g.ReportTTL / 3}
 }
 

@@ -43,10 +43,15 @@ type Route struct {
 	// Trial means this node may send the half-open trial request; the
 	// circuit's Allow decides which single request that is.
 	Trial bool
-	// Probe offers one request of this table to a backend that is Down
-	// because of a peer's open circuit, so this node can find out for itself
-	// whether the backend answers it (the peer's own path may be the problem).
-	// The node sets it at most once per sleep window.
+	// Probe offers one request to a backend that is Down because of a peer's
+	// open circuit, so this node can find out for itself whether the backend
+	// answers it (the peer's own path may be the problem, or the peer may get
+	// no traffic to run its trial with). The offer stands across later
+	// tables until a request takes it or the route is no longer Down: tables
+	// are rebuilt every few milliseconds, and an offer that lasted one table
+	// would be lost whenever traffic is sparse. Offering again while one
+	// stands does not add a second. The node sets it at most once per sleep
+	// window.
 	Probe bool
 	// Peers is the load the other nodes put on the backend (staleness-weighted).
 	Peers float64
@@ -173,7 +178,8 @@ type upstream struct {
 	inflight atomic.Int64
 	circuit  Circuit
 	stats    Stats
-	pool     *connPool // idle HTTP keep-alive connections; nil in TCP mode
+	pool     *connPool   // idle HTTP keep-alive connections; nil in TCP mode
+	probe    atomic.Bool // a Route.Probe offer no request has taken yet
 }
 
 // close releases what the upstream holds once it has left the table.
@@ -188,15 +194,9 @@ type table struct {
 	ups    []*upstream
 	cands  []pick.Candidate
 	policy pick.Policy
-	trials []int        // indices of half-open backends whose trial this node runs
-	probes []*probeSlot // remote-open backends this node may send one request to
-	empty  error        // why nothing is available, when nothing is
-}
-
-// probeSlot is a single request's worth of access to a down backend.
-type probeSlot struct {
-	idx   int
-	taken atomic.Bool
+	trials []int // indices of half-open backends whose trial this node runs
+	probes []int // indices of down backends with a probe on offer (upstream.probe)
+	empty  error // why nothing is available, when nothing is
 }
 
 // Proxy forwards traffic for one listener.
@@ -290,8 +290,14 @@ func (p *Proxy) SetRoutes(routes []Route) {
 		if r.Trial && w > 0 {
 			t.trials = append(t.trials, i)
 		}
-		if r.Probe && w > 0 {
-			t.probes = append(t.probes, &probeSlot{idx: i})
+		switch {
+		case !r.Down || w == 0:
+			u.probe.Store(false)
+		case r.Probe:
+			u.probe.Store(true)
+		}
+		if u.probe.Load() {
+			t.probes = append(t.probes, i)
 		}
 		if w > 0 {
 			weighted++
@@ -338,10 +344,10 @@ func (p *Proxy) choose(t *table, skip *pick.Skip) (i int, trial bool, err error)
 			return k, true, nil
 		}
 	}
-	for _, ps := range t.probes {
-		if !skip.Has(ps.idx) && !ps.taken.Load() && ps.taken.CompareAndSwap(false, true) {
-			if ok, tr := t.ups[ps.idx].circuit.Allow(); ok {
-				return ps.idx, tr, nil
+	for _, k := range t.probes {
+		if u := t.ups[k]; !skip.Has(k) && u.probe.Load() && u.probe.CompareAndSwap(true, false) {
+			if ok, tr := u.circuit.Allow(); ok {
+				return k, tr, nil
 			}
 		}
 	}

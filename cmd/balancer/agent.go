@@ -109,6 +109,8 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.Breaker.ErrorPercent, "breaker-error-percent", cfg.Breaker.ErrorPercent, "open a backend's circuit when this percentage of its requests fail (1..100)")
 	fs.IntVar(&cfg.Breaker.MinRequests, "breaker-min-requests", cfg.Breaker.MinRequests, "requests in the 10 s window before a circuit may open")
 	fs.DurationVar(&cfg.Breaker.SleepWindow, "breaker-sleep", cfg.Breaker.SleepWindow, "how long an open circuit waits before one trial request")
+	fs.DurationVar(&cfg.Routes.DisputeAfter, "breaker-dispute-after", cfg.Routes.DisputeAfter,
+		"how long a peer's open circuit alone keeps a backend from this node; after it this node sends its own single request per -breaker-sleep (0: 2 × -breaker-sleep; else at least -breaker-sleep)")
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve the Go profiler under /debug/pprof/ on the admin listener")
 	fs.StringVar(&logFormat, "log-format", "text", "log `format`: text or json")
 	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn or error")

@@ -19,8 +19,12 @@ import (
 )
 
 // KVWatcher turns a JSON document stored under one Consul KV key into
-// backends (schema in ParseDocument). A missing key is an empty set, so a
-// key created later is picked up. A document that fails ParseDocument is
+// backends (schema in ParseDocument). A missing key is not an empty set: a
+// mistyped -consul-kv or a deleted key would otherwise empty the config of
+// the whole cluster. Fetch reports it as ErrKeyNotFound; Watch keeps the last
+// set, warns at once and then every Config.Remind while the key is missing,
+// and picks the key up when it appears. Only a document that says so
+// ({"backends": []}) is an empty set. A document that fails ParseDocument is
 // reported (Fetch returns the error, Watch logs it once) and the last good
 // set stays in force until a valid document replaces it.
 type KVWatcher struct {
@@ -38,9 +42,9 @@ func NewKV(client *api.Client, key string, opts ...Option) *KVWatcher {
 }
 
 // Fetch reads the document once (no blocking). It returns the set sorted
-// by ID and the X-Consul-Index of the reply; a missing key gives an empty
-// set and no error; a rejected document gives the index and an error
-// wrapping ErrInvalidDocument.
+// by ID and the X-Consul-Index of the reply; a missing key gives the index
+// and an error wrapping ErrKeyNotFound; a rejected document gives the index
+// and an error wrapping ErrInvalidDocument.
 func (w *KVWatcher) Fetch(ctx context.Context) ([]Backend, uint64, error) {
 	r, err := w.fetch(ctx, 0, 0)
 	if err != nil {
@@ -49,12 +53,16 @@ func (w *KVWatcher) Fetch(ctx context.Context) ([]Backend, uint64, error) {
 	if r.invalid != nil {
 		return nil, r.index, r.invalid
 	}
+	if r.absent != nil {
+		return nil, r.index, r.absent
+	}
 	return r.backends, r.index, nil
 }
 
 // Watch runs the blocking-query loop until ctx ends, then returns nil. It
 // calls out the same way as ServiceWatcher.Watch; a rejected document is
-// logged once and not delivered.
+// logged once and not delivered, and a missing key is warned about (see
+// KVWatcher) and not delivered.
 func (w *KVWatcher) Watch(ctx context.Context, out func([]Backend)) error {
 	return watch(ctx, w.cfg, w.log, w.fetch, out)
 }
@@ -66,7 +74,9 @@ func (w *KVWatcher) fetch(ctx context.Context, waitIndex uint64, wait time.Durat
 		return read{}, fmt.Errorf("consul kv %s: %w", w.key, err)
 	}
 	r := read{index: meta.LastIndex, backends: []Backend{}}
-	if pair == nil { // 404: no such key (yet)
+	if pair == nil { // 404: no such key (yet), or deleted
+		r.absent = fmt.Errorf("consul kv %s: %w", w.key, ErrKeyNotFound)
+		r.hint = fmt.Sprintf(`create it with: consul kv put %s @backends.json (an empty set is {"backends": []})`, w.key)
 		return r, nil
 	}
 	backends, err := ParseDocument(pair.Value)

@@ -41,6 +41,10 @@ type Backend struct {
 // ErrInvalidDocument wraps every reason a KV document is rejected.
 var ErrInvalidDocument = errors.New("invalid backend document")
 
+// ErrKeyNotFound is KVWatcher.Fetch's error for a key that does not exist.
+// It is not an empty set: only a document saying {"backends": []} is.
+var ErrKeyNotFound = errors.New("consul kv key not found")
+
 // Config tunes the Watch loop. A zero or negative field means its default.
 type Config struct {
 	// WaitTime is how long one blocking query may be held by Consul
@@ -54,6 +58,12 @@ type Config struct {
 	// every further failure up to BackoffMax (defaults 1s and 3m).
 	BackoffMin time.Duration
 	BackoffMax time.Duration
+	// Remind is how often the warning that Consul has no backend set for
+	// this watcher (a missing KV key, a service with no healthy instance) is
+	// repeated while that lasts (default 5m). The first warning comes at
+	// once; repeating it on every query would flood the log whenever an
+	// unrelated write moves the index.
+	Remind time.Duration
 	// Logger receives query errors (one line per failed attempt, so at most
 	// one per backoff step), recoveries, rejected documents and skipped
 	// instances. Nil discards.
@@ -67,6 +77,7 @@ func DefaultConfig() Config {
 		MinInterval: time.Second,
 		BackoffMin:  time.Second,
 		BackoffMax:  3 * time.Minute,
+		Remind:      5 * time.Minute,
 	}
 }
 
@@ -83,6 +94,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("consul backoff min %v: must be positive", c.BackoffMin)
 	case c.BackoffMax < c.BackoffMin:
 		return fmt.Errorf("consul backoff max %v: must be at least backoff min %v", c.BackoffMax, c.BackoffMin)
+	case c.Remind <= 0:
+		return fmt.Errorf("consul remind interval %v: must be positive", c.Remind)
 	}
 	return nil
 }
@@ -104,6 +117,9 @@ func (c Config) withDefaults() Config {
 		c.BackoffMax = d.BackoffMax
 	}
 	c.BackoffMax = max(c.BackoffMax, c.BackoffMin)
+	if c.Remind <= 0 {
+		c.Remind = d.Remind
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}

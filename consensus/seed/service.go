@@ -33,6 +33,15 @@ import (
 //   - Address is Service.Address, or Node.Address when that is empty, joined
 //     with the port by net.JoinHostPort (IPv6-safe). Instances without an
 //     address or with a port outside 1..65535 are skipped and logged.
+//
+// Watch never delivers an empty set. A service that is unknown, has no
+// instance left, or has none passing or warning is warned about (at once,
+// then every Config.Remind) and the last non-empty set stays: for a load
+// balancer, every instance failing its checks at once more likely means a
+// broken check or a Consul-side problem than a service that should get no
+// traffic, and the circuit breakers already keep requests away from
+// backends that really fail. Emptying the set would turn that into a 503
+// for every request.
 type ServiceWatcher struct {
 	client *api.Client
 	name   string
@@ -55,7 +64,8 @@ func NewService(client *api.Client, name string, opts ...Option) *ServiceWatcher
 }
 
 // Fetch reads the current set once (no blocking) and returns it sorted by
-// ID, with the X-Consul-Index of the reply.
+// ID, with the X-Consul-Index of the reply. Unlike Watch it returns an
+// empty set as it is.
 func (w *ServiceWatcher) Fetch(ctx context.Context) ([]Backend, uint64, error) {
 	r, err := w.fetch(ctx, 0, 0)
 	return r.backends, r.index, err
@@ -63,7 +73,8 @@ func (w *ServiceWatcher) Fetch(ctx context.Context) ([]Backend, uint64, error) {
 
 // Watch runs the blocking-query loop until ctx ends, then returns nil.
 // It calls out from its own goroutine (the caller's), never concurrently:
-// once with the first set read, then each time the set changes. out owns
+// once with the first non-empty set read, then each time the set changes
+// to another non-empty one (see ServiceWatcher for why empty is skipped). out owns
 // the slice; a slow out delays the next query. Consul errors never end
 // Watch: they are logged and retried with backoff, and the last set
 // delivered stays in force.
@@ -78,7 +89,17 @@ func (w *ServiceWatcher) fetch(ctx context.Context, waitIndex uint64, wait time.
 		return read{}, fmt.Errorf("consul health of service %s: %w", w.name, err)
 	}
 	backends, skipped := FromEntries(entries)
-	return read{backends: backends, index: meta.LastIndex, skipped: skipped}, nil
+	r := read{backends: backends, index: meta.LastIndex, skipped: skipped}
+	switch {
+	case len(backends) > 0:
+	case len(entries) == 0:
+		r.absent = fmt.Errorf("consul service %s: no instances (unknown service, none registered, or none with the tags %q)", w.name, w.tags)
+		r.hint = "check the service name and tags, and that its instances are registered in Consul"
+	default:
+		r.absent = fmt.Errorf("consul service %s: none of its %d instances is passing or warning (or has a usable address)", w.name, len(entries))
+		r.hint = "check the instances' health checks in Consul; circuit breakers handle backends that really fail"
+	}
+	return r, nil
 }
 
 // FromEntries converts a /v1/health/service reply into backends sorted by

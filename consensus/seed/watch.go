@@ -14,6 +14,12 @@ type read struct {
 	index    uint64    // X-Consul-Index of the reply
 	skipped  []string  // service instances left out, and why
 	invalid  error     // the KV document was rejected (wraps ErrInvalidDocument)
+	// absent says why Consul has no set for this watcher (the key is missing,
+	// the service has no usable instance); hint says what the operator can
+	// do. Such a read is never delivered: it is not an instruction to route
+	// to nothing.
+	absent error
+	hint   string
 }
 
 // fetchFunc performs one query; waitIndex 0 means a plain read.
@@ -22,7 +28,9 @@ type fetchFunc func(ctx context.Context, waitIndex uint64, wait time.Duration) (
 // watch is the blocking-query loop shared by both watchers.
 //
 // It calls out with the first set read and then only when the set differs
-// from the last one delivered. A reply with the same or a higher index but
+// from the last one delivered. A read without a set (read.absent) is not
+// delivered: it is warned about when it starts, again every cfg.Remind
+// while it lasts, and when a set is back. A reply with the same or a higher index but
 // an equal set is not delivered: a return is no guarantee of a change.
 // When X-Consul-Index goes backwards (a Consul snapshot restore) the index
 // is reset to 0, so the next query is a plain read; an index of 0 (a proxy
@@ -39,7 +47,18 @@ func watch(ctx context.Context, cfg Config, log *slog.Logger, fetch fetchFunc, o
 		failures  int
 		rejected  string // last document error logged, to log each once
 		skipped   string // last skipped-instances list logged
+		absent    string // why the last read had no set; "" when it had one
+		absentAt  time.Time
+		warnedAt  time.Time
 	)
+	noteSkipped := func(r read) {
+		if s := strings.Join(r.skipped, "; "); s != skipped {
+			if s != "" {
+				log.Warn("consul instances skipped", "index", r.index, "why", s)
+			}
+			skipped = s
+		}
+	}
 	for {
 		began := time.Now()
 		r, err := fetch(ctx, index, cfg.WaitTime)
@@ -67,20 +86,38 @@ func watch(ctx context.Context, cfg Config, log *slog.Logger, fetch fetchFunc, o
 		}
 		index = next
 
+		if r.absent == nil && absent != "" {
+			log.Info("consul source found again", "absent_for", time.Since(absentAt).Round(time.Second), "index", r.index)
+			absent = ""
+		}
 		switch {
 		case r.invalid != nil:
 			if msg := r.invalid.Error(); msg != rejected {
 				log.Error("backend document rejected; keeping the last good set", "index", r.index, "err", r.invalid)
 				rejected = msg
 			}
+		case r.absent != nil:
+			// A document deleted and written again with the same
+			// mistake deserves its own error.
+			rejected = ""
+			noteSkipped(r)
+			now := time.Now()
+			msg := r.absent.Error()
+			switch {
+			case msg != absent:
+				if absent == "" {
+					absentAt = now
+				}
+				absent, warnedAt = msg, now
+				log.Warn("consul has no backend set; keeping the last one", "why", msg, "fix", r.hint, "index", r.index)
+			case now.Sub(warnedAt) >= cfg.Remind:
+				warnedAt = now
+				log.Warn("consul has no backend set; keeping the last one", "why", msg, "fix", r.hint,
+					"absent_for", now.Sub(absentAt).Round(time.Second), "index", r.index)
+			}
 		default:
 			rejected = ""
-			if s := strings.Join(r.skipped, "; "); s != skipped {
-				if s != "" {
-					log.Warn("consul instances skipped", "index", r.index, "why", s)
-				}
-				skipped = s
-			}
+			noteSkipped(r)
 			if !delivered || !slices.Equal(last, r.backends) {
 				last, delivered = r.backends, true
 				out(slices.Clone(r.backends))
