@@ -23,7 +23,7 @@ func consulNode(t *testing.T, consul *consultest.Server, service string) *Node {
 	cfg := testConfig(t)
 	cfg.Consul = ConsulConfig{Service: service, Addr: consul.URL(), Seed: seed.Config{
 		WaitTime: 2 * time.Second, MinInterval: 10 * time.Millisecond, BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond}}
-	n, _, _ := startNode(t, cfg)
+	n, _ := startNode(t, cfg)
 	return n
 }
 

@@ -67,7 +67,7 @@ func TestConsulKVKeyDeletedKeepsConfig(t *testing.T) {
 	cfg.Logger = slog.New(logs.handler())
 	cfg.Consul = ConsulConfig{KV: key, Addr: consul.URL(), Seed: seed.Config{
 		WaitTime: 2 * time.Second, MinInterval: 10 * time.Millisecond, BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond}}
-	n, _, _ := startNode(t, cfg)
+	n, _ := startNode(t, cfg)
 	tn := &testNode{Node: n}
 	testutil.Eventually(t, 10*time.Second, "web-1 from the KV document", func() bool { _, ok := backendOf(n, "web-1"); return ok })
 	testutil.Eventually(t, 5*time.Second, "traffic to web-1", func() bool { code, body := tn.get(t, "/"); return code == 200 && body == "web-1" })

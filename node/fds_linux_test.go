@@ -32,7 +32,7 @@ func TestFDsReturnToBaselineAfterSpike(t *testing.T) {
 	a := startBackend(t, "a", "http")
 	cfg := testConfig(t, proxy.Backend{ID: "a", Address: a.Addr(), Weight: 1})
 	cfg.Proxy.BackendIdleTimeout = 300 * time.Millisecond
-	n, _, _ := startNode(t, cfg)
+	n, _ := startNode(t, cfg)
 	url := "http://" + n.Addr() + "/?sleep=20ms"
 	if resp, body, err := rawGet(n.Addr()); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("warm-up: %v %v %q", err, resp, body)

@@ -84,7 +84,7 @@ func TestMaxConnsRefusesOverLimitClearly(t *testing.T) {
 	a := startBackend(t, "a", "http")
 	cfg := testConfig(t, proxy.Backend{ID: "a", Address: a.Addr(), Weight: 1})
 	cfg.Proxy.MaxConns = limit
-	n, _, _ := startNode(t, cfg)
+	n, _ := startNode(t, cfg)
 
 	keep := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 1}}
 	defer keep.CloseIdleConnections()
@@ -146,7 +146,7 @@ func TestHeaderTimeoutFreesSlowClients(t *testing.T) {
 	cfg := testConfig(t, proxy.Backend{ID: "a", Address: a.Addr(), Weight: 1})
 	cfg.Proxy.HeaderTimeout = 200 * time.Millisecond
 	cfg.Proxy.MaxConns = 5
-	n, _, _ := startNode(t, cfg)
+	n, _ := startNode(t, cfg)
 	var slow []net.Conn
 	for range 5 {
 		slow = append(slow, slowClient(t, n.Addr()))
@@ -171,7 +171,7 @@ func TestMaxConnsTCPClosesOverLimit(t *testing.T) {
 	cfg := testConfig(t, proxy.Backend{ID: "e", Address: echo.Addr(), Weight: 1})
 	cfg.Proxy.Mode = proxy.ModeTCP
 	cfg.Proxy.MaxConns = 3
-	n, _, _ := startNode(t, cfg)
+	n, _ := startNode(t, cfg)
 	roundTrip := func(c net.Conn, msg string) error {
 		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 		if _, err := io.WriteString(c, msg); err != nil {

@@ -18,7 +18,7 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 	a := startBackend(t, "a", "http")
 	cfg := testConfig(t, proxy.Backend{ID: "a", Address: a.Addr(), Weight: 3}, proxy.Backend{ID: "dead", Address: testutil.FreeAddr(t), Weight: 1})
 	cfg.Proxy.Algorithm = pick.RoundRobin // the dead backend gets its turns
-	n, _, _ := startNode(t, cfg)
+	n, _ := startNode(t, cfg)
 	testutil.Eventually(t, 10*time.Second, "a lone node leads its raft cluster and applies the seed", func() bool {
 		v, _ := testutil.Sample(testutil.Scrape(t, "http://"+n.AdminAddr()+"/metrics"), "balancer_config_index")
 		return v > 0

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -51,8 +52,10 @@ func testConfig(t *testing.T, backends ...proxy.Backend) Config {
 	return cfg
 }
 
-// startNode runs a node until the test ends and checks that it stops cleanly.
-func startNode(t *testing.T, cfg Config) (*Node, context.CancelFunc, <-chan error) {
+// startNode runs a node until the test ends and checks that it stops
+// cleanly. stop ends it early (as SIGTERM would) and returns Run's error;
+// calling it again returns the same.
+func startNode(t *testing.T, cfg Config) (n *Node, stop func() error) {
 	t.Helper()
 	n, err := New(cfg)
 	if err != nil {
@@ -61,18 +64,21 @@ func startNode(t *testing.T, cfg Config) (*Node, context.CancelFunc, <-chan erro
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx) }()
-	t.Cleanup(func() {
+	stop = sync.OnceValue(func() error {
 		cancel()
 		select {
 		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
+			return err
 		case <-time.After(10 * time.Second):
-			t.Errorf("node did not stop")
+			return errors.New("node did not stop within 10s")
 		}
 	})
-	return n, cancel, done
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return n, stop
 }
 
 func getJSON(t *testing.T, url string, v any) int {
@@ -107,7 +113,7 @@ func TestHTTPEndToEndKilledBackendOpensCircuit(t *testing.T) {
 		proxy.Backend{ID: "b", Address: b.Addr(), Weight: 1},
 		proxy.Backend{ID: "c", Address: c.Addr(), Weight: 1})
 	cfg.Proxy.Algorithm = pick.RoundRobin
-	n, _, _ := startNode(t, cfg)
+	n, _ := startNode(t, cfg)
 	client := &http.Client{Timeout: 5 * time.Second}
 	count := func(reqs int) map[string]int {
 		seen := map[string]int{}
@@ -154,7 +160,7 @@ func TestCircuitClosesAfterRecovery(t *testing.T) {
 		proxy.Backend{ID: "flaky", Address: flaky.Addr(), Weight: 1},
 		proxy.Backend{ID: "good", Address: good.Addr(), Weight: 1})
 	cfg.Proxy.Algorithm = pick.RoundRobin
-	n, _, _ := startNode(t, cfg)
+	n, _ := startNode(t, cfg)
 	// 500s from the backend count as failures: status=500 makes the demo backend fail.
 	testutil.Eventually(t, 10*time.Second, "flaky's circuit to open on 5xx", func() bool {
 		for i := 0; i < 10; i++ {
@@ -180,7 +186,7 @@ func TestAllBackendsDownIs503JSON(t *testing.T) {
 		return ln.Addr().String()
 	}
 	cfg := testConfig(t, proxy.Backend{ID: "x", Address: dead(), Weight: 1}, proxy.Backend{ID: "y", Address: dead(), Weight: 1})
-	n, _, _ := startNode(t, cfg)
+	n, _ := startNode(t, cfg)
 	var body struct{ Error string }
 	for i := 0; i < 20; i++ {
 		if code := getJSON(t, "http://"+n.Addr()+"/", &body); code != 503 || body.Error == "" {
@@ -198,7 +204,7 @@ func TestTCPEndToEnd(t *testing.T) {
 	cfg := testConfig(t, proxy.Backend{ID: "a", Address: a.Addr(), Weight: 1}, proxy.Backend{ID: "b", Address: b.Addr(), Weight: 1})
 	cfg.Proxy.Mode = proxy.ModeTCP
 	cfg.Proxy.Algorithm = pick.RoundRobin
-	n, _, _ := startNode(t, cfg)
+	n, _ := startNode(t, cfg)
 	seen := map[string]int{}
 	for i := 0; i < 6; i++ {
 		c, err := net.Dial("tcp", n.Addr())
@@ -227,7 +233,7 @@ func TestTCPEndToEnd(t *testing.T) {
 func TestAdminEndpoints(t *testing.T) {
 	a := startBackend(t, "a", "http")
 	cfg := testConfig(t, proxy.Backend{ID: "a", Address: a.Addr(), Weight: 3})
-	n, _, _ := startNode(t, cfg)
+	n, _ := startNode(t, cfg)
 	if resp, err := http.Get("http://" + n.Addr() + "/"); err == nil {
 		resp.Body.Close()
 	}

@@ -18,7 +18,7 @@ import (
 // /readyz, not the traffic.
 func TestNotReadyWhenNothingIsRoutable(t *testing.T) {
 	cfg := testConfig(t, proxy.Backend{ID: "a", Address: "127.0.0.1:1", Weight: 1})
-	n, _, _ := startNode(t, cfg)
+	n, _ := startNode(t, cfg)
 	base := "http://" + n.AdminAddr()
 	var st map[string]string
 	testutil.Eventually(t, 10*time.Second, "ready, on the seeded config", func() bool {
@@ -48,23 +48,16 @@ func TestNotReadyWhenNothingIsRoutable(t *testing.T) {
 // ignored rather than leave the operator to guess.
 func TestEditedBackendFlagsOnRestartAreReported(t *testing.T) {
 	cfg := testConfig(t, proxy.Backend{ID: "a", Address: "127.0.0.1:1", Weight: 1})
-	first, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- first.Run(ctx) }()
+	first, stop := startNode(t, cfg)
 	testutil.Eventually(t, 10*time.Second, "the seed applied", func() bool { return first.store.Config().Index > 0 })
-	stop()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 
 	logs := &testutil.SyncBuffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	cfg.Backends = []proxy.Backend{{ID: "a", Address: "127.0.0.1:2", Weight: 1}, {ID: "b", Address: "127.0.0.1:3", Weight: 1}}
-	n, _, _ := startNode(t, cfg)
+	n, _ := startNode(t, cfg)
 	testutil.Eventually(t, 10*time.Second, "the warning about the ignored flags", func() error {
 		if l := logs.String(); !strings.Contains(l, "flags only seed an empty config") ||
 			!strings.Contains(l, "a (address 127.0.0.1:1 in the config)") || !strings.Contains(l, "b (not in the config)") {

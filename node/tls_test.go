@@ -75,7 +75,7 @@ func TestAdminOverTLSRequiresClientCertificate(t *testing.T) {
 	other := testCerts(t, "n1")
 	cfg := testConfig(t, proxy.Backend{ID: "a", Address: "127.0.0.1:1", Weight: 1})
 	cfg.TLS = filesOf(dir, "n1")
-	n, _, _ := startNode(t, cfg)
+	n, _ := startNode(t, cfg)
 	ctx := context.Background()
 
 	if _, err := admin.NewClient(n.AdminAddr(), "", admin.WithTLS(clientTLS(t, dir, "client"))).Members(ctx); err != nil {
