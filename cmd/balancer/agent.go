@@ -105,7 +105,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.Proxy.KeepAliveTimeout, "keepalive-timeout", cfg.Proxy.KeepAliveTimeout, "http mode: close a client's keep-alive connection after this long idle between requests")
 	fs.IntVar(&cfg.Proxy.MaxConns, "max-conns", cfg.Proxy.MaxConns, "most client connections (`N`) open at once; more are refused (http: 503 with Connection: close; tcp: closed) and counted in balancer_client_connections_refused_total; 0: no limit. The default is 10000, or (open-file limit - 512)/2 when that is lower")
 	fs.IntVar(&cfg.Proxy.MaxTries, "max-tries", cfg.Proxy.MaxTries, fmt.Sprintf("backends one request may try when connects fail (1..%d)", pick.MaxTries))
-	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "on SIGINT/SIGTERM, how long in-flight requests may take to finish")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "on SIGINT/SIGTERM, how long in-flight requests may take to finish (a second signal exits at once)")
 	fs.IntVar(&cfg.Breaker.ErrorPercent, "breaker-error-percent", cfg.Breaker.ErrorPercent, "open a backend's circuit when this percentage of its requests fail (1..100)")
 	fs.IntVar(&cfg.Breaker.MinRequests, "breaker-min-requests", cfg.Breaker.MinRequests, "requests in the 10 s window before a circuit may open")
 	fs.DurationVar(&cfg.Breaker.SleepWindow, "breaker-sleep", cfg.Breaker.SleepWindow, "how long an open circuit waits before one trial request")
@@ -113,7 +113,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&logFormat, "log-format", "text", "log `format`: text or json")
 	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "Usage: balancer agent [flags]\n\nRuns one balancer node: proxies client traffic on -listen to the backends,\nserves the admin API on -admin, stops gracefully on SIGINT/SIGTERM.\n\nFlags:\n")
+		fmt.Fprint(fs.Output(), "Usage: balancer agent [flags]\n\nRuns one balancer node: proxies client traffic on -listen to the backends,\nserves the admin API on -admin, stops gracefully on SIGINT/SIGTERM (a second\none exits at once). SIGHUP is logged and ignored: there is no config file.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args); err != nil {
@@ -123,6 +123,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	logSignalsTo(ctx, log)
 	cfg.Backends = backends
 	cfg.Logger = log
 	if *raftTimeout != cfg.Raft.HeartbeatTimeout {
