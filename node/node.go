@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -85,6 +86,12 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// AdminLimits bounds slow, idle and numerous admin clients.
 	AdminLimits AdminLimits
+	// RaftLoopbackOK and AdminLoopbackOK accept a loopback raft or admin
+	// address next to a gossip address other hosts can reach, which is
+	// otherwise refused: peers would dial their own loopback. Set them
+	// when the operator chose the address (every node on one host); the
+	// node then only warns.
+	RaftLoopbackOK, AdminLoopbackOK bool
 }
 
 // AdminLimits bounds what an admin client may hold on to. There is no
@@ -166,6 +173,9 @@ func (c Config) Validate() error {
 		// Peers forward writes to the advertised admin address; a wildcard
 		// one would reach the forwarding node itself.
 		return fmt.Errorf("-admin %q: peers cannot dial a wildcard address; bind a specific IP or set -admin-advertise", c.Admin)
+	}
+	if _, err := c.checkAdvertised(); err != nil {
+		return err
 	}
 	if c.DataDir == "" {
 		return errors.New("-data-dir: a directory is required")
@@ -324,6 +334,9 @@ func New(cfg Config) (*Node, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("node", cfg.Name)
+	if warn, _ := cfg.checkAdvertised(); len(warn) > 0 {
+		log.Warn("peers on other hosts cannot reach this node: loopback address next to a routable gossip address", "addresses", strings.Join(warn, ", "))
+	}
 	tlsCfg, err := loadTLS(cfg)
 	if err != nil {
 		return nil, err

@@ -70,7 +70,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.Name, "node", cfg.Name, "unique `name` of this node in the cluster")
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "client traffic listener, `HOST:PORT`")
 	fs.StringVar(&cfg.Proxy.Mode, "mode", cfg.Proxy.Mode, "proxy `mode`: http (L7 reverse proxy) or tcp (L4 stream proxy)")
-	fs.StringVar(&cfg.Admin, "admin", cfg.Admin, "admin API, /metrics and status page listener, `HOST:PORT`")
+	fs.StringVar(&cfg.Admin, "admin", cfg.Admin, "admin API, /metrics and status page listener, `HOST:PORT`; peers forward writes to it, so with a -gossip address other hosts reach, set this (or -admin-advertise) to one they reach too: a default loopback address is refused")
 	fs.StringVar(&cfg.AdminAdvertise, "admin-advertise", "", "admin `HOST:PORT` that peers forward writes to, when -admin binds a wildcard or several networks (default: the -admin address)")
 	fs.Var(&backends, "backend", "static backend `ID=HOST:PORT[@WEIGHT]` (repeatable; weight 0.."+strconv.Itoa(node.MaxWeight)+", default 1)")
 	fs.StringVar(&cfg.Proxy.Algorithm, "algorithm", cfg.Proxy.Algorithm, "balancing `algorithm`: "+strings.Join(pick.Names(), " | "))
@@ -82,7 +82,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&gossipKey, "gossip-key", os.Getenv("BALANCER_GOSSIP_KEY"), "encrypt gossip with this `BASE64` AES key (16, 24 or 32 bytes; env BALANCER_GOSSIP_KEY); every node needs the same")
 	fs.StringVar(&cfg.Gossip.Profile, "gossip-profile", cfg.Gossip.Profile, "memberlist timing preset: lan or local")
 	fs.DurationVar(&cfg.Routes.MaxAge, "peer-max-age", cfg.Routes.MaxAge, "peers' reports older than this stop steering routing; all older: local counts only")
-	fs.StringVar(&cfg.Raft.Bind, "raft", cfg.Raft.Bind, "raft transport `HOST:PORT` (TCP) for the replicated config; peers learn it by gossip")
+	fs.StringVar(&cfg.Raft.Bind, "raft", cfg.Raft.Bind, "raft transport `HOST:PORT` (TCP) for the replicated config; peers learn it by gossip, so with a -gossip address other hosts reach, set this (or -raft-advertise) to one they reach too: a default loopback address is refused")
 	fs.StringVar(&cfg.Raft.Advertise, "raft-advertise", "", "raft `HOST:PORT` peers dial, when -raft binds 0.0.0.0 or sits behind NAT (default: the -raft address)")
 	raftTimeout := fs.Duration("raft-timeout", cfg.Raft.HeartbeatTimeout, "raft heartbeat and election timeout: how long followers wait for a dead leader before electing (fail-over takes about 2x this)")
 	fs.DurationVar(&cfg.ReapAfter, "raft-reap-after", 10*time.Minute, "remove a raft server whose node has been dead this long, if 3 voters remain (a node lost for good stops counting towards quorum once a replacement joins); 0: never")
@@ -124,6 +124,16 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	logSignalsTo(ctx, log)
+	// A loopback raft or admin address the operator typed is a choice
+	// (every node on one host); the defaults are not.
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "raft", "raft-advertise":
+			cfg.RaftLoopbackOK = true
+		case "admin", "admin-advertise":
+			cfg.AdminLoopbackOK = true
+		}
+	})
 	cfg.Backends = backends
 	cfg.Logger = log
 	if *raftTimeout != cfg.Raft.HeartbeatTimeout {
