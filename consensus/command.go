@@ -120,7 +120,7 @@ func EncodeCommand(c Command) ([]byte, error) {
 		return nil, fmt.Errorf("encode command: %w", err)
 	}
 	if buf.Len() > MaxCommandSize {
-		return nil, fmt.Errorf("%w: encoded command is %d bytes, more than %d", ErrInvalid, buf.Len(), MaxCommandSize)
+		return nil, invalidf("encoded command is %d bytes, more than %d", buf.Len(), MaxCommandSize)
 	}
 	return buf.Bytes(), nil
 }
@@ -130,22 +130,22 @@ func EncodeCommand(c Command) ([]byte, error) {
 // whatever the input.
 func DecodeCommand(b []byte) (Command, error) {
 	if len(b) == 0 {
-		return Command{}, fmt.Errorf("%w: empty command", ErrInvalid)
+		return Command{}, invalidf("empty command")
 	}
 	if len(b) > MaxCommandSize {
-		return Command{}, fmt.Errorf("%w: command is %d bytes, more than %d", ErrInvalid, len(b), MaxCommandSize)
+		return Command{}, invalidf("command is %d bytes, more than %d", len(b), MaxCommandSize)
 	}
 	if b[0] != commandV1 {
-		return Command{}, fmt.Errorf("%w: unsupported command encoding version %d", ErrInvalid, b[0])
+		return Command{}, invalidf("unsupported command encoding version %d", b[0])
 	}
 	dec := json.NewDecoder(bytes.NewReader(b[1:]))
 	dec.DisallowUnknownFields()
 	var c Command
 	if err := dec.Decode(&c); err != nil {
-		return Command{}, fmt.Errorf("%w: decode: %v", ErrInvalid, err)
+		return Command{}, invalidf("decode: %v", err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Command{}, fmt.Errorf("%w: trailing data after the command", ErrInvalid)
+		return Command{}, invalidf("trailing data after the command")
 	}
 	return c, nil
 }
@@ -172,9 +172,9 @@ func Validate(c Command) error {
 	case OpSync:
 		uses.source, uses.backends = true, true
 	case "":
-		return fmt.Errorf("%w: op is missing", ErrInvalid)
+		return invalidf("op is missing")
 	default:
-		return fmt.Errorf("%w: unknown op %.32q", ErrInvalid, c.Op)
+		return invalidf("unknown op %.32q", c.Op)
 	}
 	for _, f := range []struct {
 		name      string
@@ -188,7 +188,7 @@ func Validate(c Command) error {
 		{"backends", c.Backends != nil, uses.backends},
 	} {
 		if f.set && !f.used {
-			return fmt.Errorf("%w: field %s is not used by op %s", ErrInvalid, f.name, c.Op)
+			return invalidf("field %s is not used by op %s", f.name, c.Op)
 		}
 	}
 
@@ -207,14 +207,14 @@ func Validate(c Command) error {
 		}
 	case OpSetWeight:
 		if c.Weight == nil {
-			return fmt.Errorf("%w: weight is missing: want a whole number 0..%d", ErrInvalid, MaxWeight)
+			return invalidf("weight is missing: want a whole number 0..%d", MaxWeight)
 		}
 		return validateWeight("weight", *c.Weight)
 	case OpSeed:
 		return validateSet(c.Backends, "")
 	case OpSync:
 		if c.Source != SourceStatic && c.Source != SourceConsul {
-			return fmt.Errorf("%w: source %.32q: want %q or %q", ErrInvalid, c.Source, SourceStatic, SourceConsul)
+			return invalidf("source %.32q: want %q or %q", c.Source, SourceStatic, SourceConsul)
 		}
 		return validateSet(c.Backends, c.Source)
 	}
@@ -224,7 +224,7 @@ func Validate(c Command) error {
 // validateSet checks the backends of a Seed (source "") or a Sync.
 func validateSet(bs []Backend, source string) error {
 	if len(bs) > MaxBackends {
-		return fmt.Errorf("%w: %d backends: at most %d", ErrInvalid, len(bs), MaxBackends)
+		return invalidf("%d backends: at most %d", len(bs), MaxBackends)
 	}
 	seen := make(map[string]bool, len(bs))
 	for i, b := range bs {
@@ -233,7 +233,7 @@ func validateSet(bs []Backend, source string) error {
 			return err
 		}
 		if seen[b.ID] {
-			return fmt.Errorf("%w: %s.id %q appears twice", ErrInvalid, field, b.ID)
+			return invalidf("%s.id %q appears twice", field, b.ID)
 		}
 		seen[b.ID] = true
 		if err := validateAddress(field+".address", b.Address); err != nil {
@@ -244,9 +244,9 @@ func validateSet(bs []Backend, source string) error {
 		}
 		switch {
 		case source == "" && !validSource(b.Source):
-			return fmt.Errorf("%w: %s.source %.32q: want %q, %q or %q", ErrInvalid, field, b.Source, SourceStatic, SourceConsul, SourceAPI)
+			return invalidf("%s.source %.32q: want %q, %q or %q", field, b.Source, SourceStatic, SourceConsul, SourceAPI)
 		case source != "" && b.Source != "" && b.Source != source:
-			return fmt.Errorf("%w: %s.source %.32q: a sync of %q may only carry backends of that source", ErrInvalid, field, b.Source, source)
+			return invalidf("%s.source %.32q: a sync of %q may only carry backends of that source", field, b.Source, source)
 		}
 	}
 	return nil

@@ -1,7 +1,6 @@
 package consensus
 
 import (
-	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -80,19 +79,19 @@ func sortBackends(bs []Backend) {
 // starting with a letter or digit.
 func validateID(field, id string) error {
 	if id == "" {
-		return fmt.Errorf("%w: %s is empty: want 1-%d characters of A-Z a-z 0-9 . _ -", ErrInvalid, field, maxIDLen)
+		return invalidf("%s is empty: want 1-%d characters of A-Z a-z 0-9 . _ -", field, maxIDLen)
 	}
 	if len(id) > maxIDLen {
-		return fmt.Errorf("%w: %s %.20q... is %d characters long: want 1-%d", ErrInvalid, field, id, len(id), maxIDLen)
+		return invalidf("%s %.20q... is %d characters long: want 1-%d", field, id, len(id), maxIDLen)
 	}
 	for i := 0; i < len(id); i++ {
 		c := id[i]
 		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
 		if i == 0 && !alnum {
-			return fmt.Errorf("%w: %s %q: must start with a letter or digit", ErrInvalid, field, id)
+			return invalidf("%s %q: must start with a letter or digit", field, id)
 		}
 		if !alnum && c != '.' && c != '_' && c != '-' {
-			return fmt.Errorf("%w: %s %q: character %q not allowed: want A-Z a-z 0-9 . _ -", ErrInvalid, field, id, c)
+			return invalidf("%s %q: character %q not allowed: want A-Z a-z 0-9 . _ -", field, id, c)
 		}
 	}
 	return nil
@@ -104,25 +103,25 @@ func validateID(field, id string) error {
 func validateAddress(field, addr string) error {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("%w: %s %q: want HOST:PORT", ErrInvalid, field, addr)
+		return invalidf("%s %q: want HOST:PORT", field, addr)
 	}
 	if host == "" {
-		return fmt.Errorf("%w: %s %q: a host is required", ErrInvalid, field, addr)
+		return invalidf("%s %q: a host is required", field, addr)
 	}
 	n, err := strconv.ParseUint(port, 10, 16)
 	if err != nil || n == 0 {
-		return fmt.Errorf("%w: %s %q: port must be a number 1-65535", ErrInvalid, field, addr)
+		return invalidf("%s %q: port must be a number 1-65535", field, addr)
 	}
 	if _, err := netip.ParseAddr(host); err == nil {
 		return nil
 	}
 	if len(host) > maxHostLen {
-		return fmt.Errorf("%w: %s: host is longer than %d characters", ErrInvalid, field, maxHostLen)
+		return invalidf("%s: host is longer than %d characters", field, maxHostLen)
 	}
 	for i := 0; i < len(host); i++ {
 		c := host[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
-			return fmt.Errorf("%w: %s %q: host is neither an IP address nor a DNS name", ErrInvalid, field, addr)
+			return invalidf("%s %q: host is neither an IP address nor a DNS name", field, addr)
 		}
 	}
 	return nil
@@ -144,7 +143,7 @@ func ValidateBackend(what string, b Backend) error {
 
 func validateWeight(field string, w int32) error {
 	if w < 0 || w > MaxWeight {
-		return fmt.Errorf("%w: %s %d is out of range: want a whole number 0..%d (0 = no new traffic)", ErrInvalid, field, w, MaxWeight)
+		return invalidf("%s %d is out of range: want a whole number 0..%d (0 = no new traffic)", field, w, MaxWeight)
 	}
 	return nil
 }

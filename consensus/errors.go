@@ -1,6 +1,9 @@
 package consensus
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Contract errors. Match them with errors.Is; the admin API maps them to HTTP
 // status codes in one place:
@@ -36,3 +39,15 @@ var (
 // cannot be reached at all fails AddVoter with an error that does not
 // match ErrPeerTLS.
 var ErrPeerTLS = errors.New("peer failed the raft TLS handshake")
+
+// invalidError is a command refused as malformed or out of range. Its
+// message is the reason alone ("weight 1001: ..."), because it reaches API
+// clients and the command line as it is; it still matches ErrInvalid.
+type invalidError struct{ msg string }
+
+func (e *invalidError) Error() string        { return e.msg }
+func (e *invalidError) Is(target error) bool { return target == ErrInvalid }
+
+func invalidf(format string, args ...any) error {
+	return &invalidError{fmt.Sprintf(format, args...)}
+}

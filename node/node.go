@@ -15,11 +15,13 @@ import (
 	"net/netip"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/netutil"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/thebalancer/balancer/breaker"
@@ -82,6 +84,53 @@ type Config struct {
 	// ShutdownTimeout bounds how long in-flight requests may take to finish
 	// after a stop signal before their connections are closed.
 	ShutdownTimeout time.Duration
+	// AdminLimits bounds slow, idle and numerous admin clients.
+	AdminLimits AdminLimits
+	// RaftLoopbackOK and AdminLoopbackOK accept a loopback raft or admin
+	// address next to a gossip address other hosts can reach, which is
+	// otherwise refused: peers would dial their own loopback. Set them
+	// when the operator chose the address (every node on one host); the
+	// node then only warns.
+	RaftLoopbackOK, AdminLoopbackOK bool
+}
+
+// AdminLimits bounds what an admin client may hold on to. There is no
+// bound on writing an answer: long polls (GET /v1/config?wait=),
+// writes with wait=applied and /debug/pprof/profile?seconds=N legitimately
+// take minutes.
+type AdminLimits struct {
+	// HeaderTimeout bounds the arrival of a request's headers.
+	HeaderTimeout time.Duration
+	// BodyTimeout bounds the arrival of a request's body: headers and
+	// body together get HeaderTimeout+BodyTimeout. A client that stalls
+	// mid-body gets a 400 and its connection is closed.
+	BodyTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection idle between requests.
+	IdleTimeout time.Duration
+	// MaxConns is the most admin connections open at once; further ones
+	// wait in the listen backlog until one closes. 0: no limit.
+	MaxConns int
+}
+
+// DefaultAdminLimits returns the admin listener's bounds.
+func DefaultAdminLimits() AdminLimits {
+	return AdminLimits{HeaderTimeout: 10 * time.Second, BodyTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxConns: 256}
+}
+
+// Validate reports the first bad bound.
+func (l AdminLimits) Validate() error {
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"header", l.HeaderTimeout}, {"body", l.BodyTimeout}, {"idle", l.IdleTimeout}} {
+		if d.v <= 0 {
+			return fmt.Errorf("admin %s timeout %v: must be positive", d.name, d.v)
+		}
+	}
+	if l.MaxConns < 0 {
+		return fmt.Errorf("admin max conns %d: must be 0 (no limit) or positive", l.MaxConns)
+	}
+	return nil
 }
 
 // DefaultConfig returns the settings a node starts from.
@@ -98,6 +147,7 @@ func DefaultConfig() Config {
 		Routes:          DefaultRouteConfig(),
 		Raft:            consensus.DefaultOptions(),
 		ShutdownTimeout: 15 * time.Second,
+		AdminLimits:     DefaultAdminLimits(),
 	}
 }
 
@@ -124,11 +174,17 @@ func (c Config) Validate() error {
 		// one would reach the forwarding node itself.
 		return fmt.Errorf("-admin %q: peers cannot dial a wildcard address; bind a specific IP or set -admin-advertise", c.Admin)
 	}
+	if _, err := c.checkAdvertised(); err != nil {
+		return err
+	}
 	if c.DataDir == "" {
 		return errors.New("-data-dir: a directory is required")
 	}
 	if c.ShutdownTimeout <= 0 {
 		return fmt.Errorf("-shutdown-timeout %v: must be positive", c.ShutdownTimeout)
+	}
+	if err := c.AdminLimits.Validate(); err != nil {
+		return err
 	}
 	seen := make(map[string]bool)
 	for _, b := range c.Backends {
@@ -288,6 +344,9 @@ func New(cfg Config) (*Node, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("node", cfg.Name)
+	if warn, _ := cfg.checkAdvertised(); len(warn) > 0 {
+		log.Warn("peers on other hosts cannot reach this node: loopback address next to a routable gossip address", "addresses", strings.Join(warn, ", "))
+	}
 	tlsCfg, err := loadTLS(cfg)
 	if err != nil {
 		return nil, err
@@ -442,13 +501,11 @@ func (n *Node) Run(ctx context.Context) error {
 	// the node stops, instead of holding Shutdown for their full wait.
 	adminBase, stopAdminPolls := context.WithCancel(context.Background())
 	defer stopAdminPolls()
-	adminSrv := &http.Server{
-		Handler:           admin.NewHandler(n.adminSources()),
-		BaseContext:       func(net.Listener) context.Context { return adminBase },
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
-		TLSConfig:         n.tls.admin,
-	}
+	lim := n.cfg.AdminLimits
+	adminSrv := newAdminServer(admin.NewHandler(n.adminSources()), lim)
+	adminSrv.BaseContext = func(net.Listener) context.Context { return adminBase }
+	adminSrv.ErrorLog = slog.NewLogLogger(n.log.Handler(), slog.LevelDebug)
+	adminSrv.TLSConfig = n.tls.admin
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		// A gossip failure (a join that never succeeds) stops the node.
@@ -470,11 +527,15 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	})
 	g.Go(func() error {
+		ln := n.adminLn
+		if lim.MaxConns > 0 {
+			ln = netutil.LimitListener(ln, lim.MaxConns)
+		}
 		var err error
 		if n.tls.admin != nil {
-			err = adminSrv.ServeTLS(n.adminLn, "", "")
+			err = adminSrv.ServeTLS(ln, "", "")
 		} else {
-			err = adminSrv.Serve(n.adminLn)
+			err = adminSrv.Serve(ln)
 		}
 		if !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("admin server: %w", err)
@@ -500,6 +561,21 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.log.Info("node stopped")
 	return nil
+}
+
+// newAdminServer bounds the admin listener's clients by lim. It sets no
+// WriteTimeout: long polls, writes with wait=applied and
+// /debug/pprof/profile?seconds=N take minutes to answer. ReadTimeout does
+// not cut them: net/http lifts the read deadline once a request's body has
+// been read, to watch for the client going away.
+func newAdminServer(h http.Handler, lim AdminLimits) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: lim.HeaderTimeout,
+		ReadTimeout:       lim.HeaderTimeout + lim.BodyTimeout,
+		IdleTimeout:       lim.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+	}
 }
 
 // serveTraffic runs the client listener until ctx ends and then drains it.

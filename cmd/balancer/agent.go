@@ -70,7 +70,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.Name, "node", cfg.Name, "unique `name` of this node in the cluster")
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "client traffic listener, `HOST:PORT`")
 	fs.StringVar(&cfg.Proxy.Mode, "mode", cfg.Proxy.Mode, "proxy `mode`: http (L7 reverse proxy) or tcp (L4 stream proxy)")
-	fs.StringVar(&cfg.Admin, "admin", cfg.Admin, "admin API, /metrics and status page listener, `HOST:PORT`")
+	fs.StringVar(&cfg.Admin, "admin", cfg.Admin, "admin API, /metrics and status page listener, `HOST:PORT`; peers forward writes to it, so with a -gossip address other hosts reach, set this (or -admin-advertise) to one they reach too: a default loopback address is refused")
 	fs.StringVar(&cfg.AdminAdvertise, "admin-advertise", "", "admin `HOST:PORT` that peers forward writes to, when -admin binds a wildcard or several networks (default: the -admin address)")
 	fs.Var(&backends, "backend", "static backend `ID=HOST:PORT[@WEIGHT]` (repeatable; weight 0.."+strconv.Itoa(node.MaxWeight)+", default 1)")
 	fs.StringVar(&cfg.Proxy.Algorithm, "algorithm", cfg.Proxy.Algorithm, "balancing `algorithm`: "+strings.Join(pick.Names(), " | "))
@@ -82,7 +82,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&gossipKey, "gossip-key", os.Getenv("BALANCER_GOSSIP_KEY"), "encrypt gossip with this `BASE64` AES key (16, 24 or 32 bytes; env BALANCER_GOSSIP_KEY); every node needs the same")
 	fs.StringVar(&cfg.Gossip.Profile, "gossip-profile", cfg.Gossip.Profile, "memberlist timing preset: lan or local")
 	fs.DurationVar(&cfg.Routes.MaxAge, "peer-max-age", cfg.Routes.MaxAge, "peers' reports older than this stop steering routing; all older: local counts only")
-	fs.StringVar(&cfg.Raft.Bind, "raft", cfg.Raft.Bind, "raft transport `HOST:PORT` (TCP) for the replicated config; peers learn it by gossip")
+	fs.StringVar(&cfg.Raft.Bind, "raft", cfg.Raft.Bind, "raft transport `HOST:PORT` (TCP) for the replicated config; peers learn it by gossip, so with a -gossip address other hosts reach, set this (or -raft-advertise) to one they reach too: a default loopback address is refused")
 	fs.StringVar(&cfg.Raft.Advertise, "raft-advertise", "", "raft `HOST:PORT` peers dial, when -raft binds 0.0.0.0 or sits behind NAT (default: the -raft address)")
 	raftTimeout := fs.Duration("raft-timeout", cfg.Raft.HeartbeatTimeout, "raft heartbeat and election timeout: how long followers wait for a dead leader before electing (fail-over takes about 2x this)")
 	fs.DurationVar(&cfg.ReapAfter, "raft-reap-after", 10*time.Minute, "remove a raft server whose node has been dead this long, if 3 voters remain (a node lost for good stops counting towards quorum once a replacement joins); 0: never")
@@ -105,7 +105,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.Proxy.KeepAliveTimeout, "keepalive-timeout", cfg.Proxy.KeepAliveTimeout, "http mode: close a client's keep-alive connection after this long idle between requests")
 	fs.IntVar(&cfg.Proxy.MaxConns, "max-conns", cfg.Proxy.MaxConns, "most client connections (`N`) open at once; more are refused (http: 503 with Connection: close; tcp: closed) and counted in balancer_client_connections_refused_total; 0: no limit. The default is 10000, or (open-file limit - 512)/2 when that is lower")
 	fs.IntVar(&cfg.Proxy.MaxTries, "max-tries", cfg.Proxy.MaxTries, fmt.Sprintf("backends one request may try when connects fail (1..%d)", pick.MaxTries))
-	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "on SIGINT/SIGTERM, how long in-flight requests may take to finish")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "on SIGINT/SIGTERM, how long in-flight requests may take to finish (a second signal exits at once)")
 	fs.IntVar(&cfg.Breaker.ErrorPercent, "breaker-error-percent", cfg.Breaker.ErrorPercent, "open a backend's circuit when this percentage of its requests fail (1..100)")
 	fs.IntVar(&cfg.Breaker.MinRequests, "breaker-min-requests", cfg.Breaker.MinRequests, "requests in the 10 s window before a circuit may open")
 	fs.DurationVar(&cfg.Breaker.SleepWindow, "breaker-sleep", cfg.Breaker.SleepWindow, "how long an open circuit waits before one trial request")
@@ -115,7 +115,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&logFormat, "log-format", "text", "log `format`: text or json")
 	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "Usage: balancer agent [flags]\n\nRuns one balancer node: proxies client traffic on -listen to the backends,\nserves the admin API on -admin, stops gracefully on SIGINT/SIGTERM.\n\nFlags:\n")
+		fmt.Fprint(fs.Output(), "Usage: balancer agent [flags]\n\nRuns one balancer node: proxies client traffic on -listen to the backends,\nserves the admin API on -admin, stops gracefully on SIGINT/SIGTERM (a second\none exits at once). SIGHUP is logged and ignored: there is no config file.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args); err != nil {
@@ -125,6 +125,17 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	logSignalsTo(ctx, log)
+	// A loopback raft or admin address the operator typed is a choice
+	// (every node on one host); the defaults are not.
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "raft", "raft-advertise":
+			cfg.RaftLoopbackOK = true
+		case "admin", "admin-advertise":
+			cfg.AdminLoopbackOK = true
+		}
+	})
 	cfg.Backends = backends
 	cfg.Logger = log
 	if *raftTimeout != cfg.Raft.HeartbeatTimeout {

@@ -11,8 +11,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"syscall"
 )
 
 // usageError marks a bad command line or configuration: exit status 2.
@@ -41,7 +39,10 @@ Run 'balancer COMMAND -h' for the flags of a command.
 `
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// Only the agent catches SIGHUP: the other commands are foreground
+	// tools that should go when their terminal does.
+	agent := len(os.Args) > 1 && os.Args[1] == "agent"
+	ctx, stop := watchSignals(os.Stderr, agent, os.Exit)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(exitCode(err, os.Stderr))

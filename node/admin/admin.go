@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"strconv"
+	"strings"
 
 	"github.com/thebalancer/balancer/consensus"
 )
@@ -223,10 +224,35 @@ func NewHandler(s Sources) http.Handler {
 	index, assets := uiHandler()
 	mux.Handle("GET /{$}", index)
 	mux.Handle("GET /ui/", assets)
+	// The catch-all answers JSON, but it also matches every path that
+	// exists under another method, which would hide ServeMux's own 405; so
+	// it asks the mux which methods the path has.
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if allow := allowedMethods(mux, r); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeError(w, http.StatusMethodNotAllowed, r.Method+" "+r.URL.Path+": method not allowed (allowed: "+strings.Join(allow, ", ")+")")
+			return
+		}
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
 	return mux
+}
+
+// allowedMethods lists the methods with a handler of their own for r's
+// path, the catch-all aside.
+func allowedMethods(mux *http.ServeMux, r *http.Request) []string {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPut, http.MethodPost, http.MethodDelete, http.MethodPatch} {
+		if m == r.Method {
+			continue
+		}
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := mux.Handler(probe); pattern != "/" && pattern != "" {
+			allow = append(allow, m)
+		}
+	}
+	return allow
 }
 
 // writeConfig answers a config with its index also in X-Config-Index.

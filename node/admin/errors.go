@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 
@@ -95,4 +96,16 @@ func writeErr(w http.ResponseWriter, err error, index uint64) {
 		w.Header().Set(headerConfigIndex, strconv.FormatUint(index, 10))
 	}
 	writeJSON(w, status, errorBody{Error: msg, Index: index, Outcome: outcomeOf(err, status)})
+}
+
+// invalidError is a value the replicated config would refuse, caught
+// before proposing: a 400 like consensus.ErrInvalid, whose message is the
+// reason alone.
+type invalidError struct{ msg string }
+
+func (e *invalidError) Error() string        { return e.msg }
+func (e *invalidError) Is(target error) bool { return target == consensus.ErrInvalid }
+
+func invalidf(format string, args ...any) error {
+	return &invalidError{fmt.Sprintf(format, args...)}
 }

@@ -428,7 +428,7 @@ func parseWeight(raw json.RawMessage) (*int32, error) {
 	}
 	n, err := strconv.ParseInt(string(raw), 10, 32)
 	if err != nil || n < 0 || n > consensus.MaxWeight {
-		return nil, fmt.Errorf("%w: weight %.32s: want a whole number 0..%d (0 = no new traffic)", consensus.ErrInvalid, raw, consensus.MaxWeight)
+		return nil, invalidf("weight %.32s: want a whole number 0..%d (0 = no new traffic)", raw, consensus.MaxWeight)
 	}
 	w := int32(n)
 	return &w, nil

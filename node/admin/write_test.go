@@ -685,5 +685,6 @@ func TestStatusPageAndUnknownEndpoint(t *testing.T) {
 	if a := call(t, srv.URL, "GET", "/v1/status", "", nil); a.status != 200 || !strings.Contains(string(a.body), `"config_index": 2`) {
 		t.Errorf("status: %d %s", a.status, a.body)
 	}
-	checkErrorAnswer(t, call(t, srv.URL, "POST", "/v1/backends/web1", `{}`, nil), http.StatusNotFound)
+	checkErrorAnswer(t, call(t, srv.URL, "POST", "/v1/backends/web1", `{}`, nil), http.StatusMethodNotAllowed)
+	checkErrorAnswer(t, call(t, srv.URL, "POST", "/v1/nothing", `{}`, nil), http.StatusNotFound)
 }
