@@ -264,7 +264,11 @@ func (c *Client) do(ctx context.Context, method, path string, body any, hdr http
 		return e
 	}
 	if err := json.Unmarshal(ans, out); err != nil {
-		return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+		// Most often the address is a traffic listener or another
+		// service: say that, rather than quote the JSON parser.
+		start := string(ans[:min(len(ans), 60)])
+		return fmt.Errorf("%s %s: the answer is not a balancer admin API's (HTTP %d, Content-Type %q, begins %q): is %s the node's -admin address? (%v)",
+			method, path, resp.StatusCode, resp.Header.Get("Content-Type"), start, c.base, err)
 	}
 	return nil
 }
