@@ -61,7 +61,7 @@ func parseBackend(v string) (proxy.Backend, error) {
 	return b, nil
 }
 
-func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
+func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg := node.DefaultConfig()
 	fs := flag.NewFlagSet("balancer agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -118,7 +118,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		fmt.Fprint(fs.Output(), "Usage: balancer agent [flags]\n\nRuns one balancer node: proxies client traffic on -listen to the backends,\nserves the admin API on -admin, stops gracefully on SIGINT/SIGTERM (a second\none exits at once). SIGHUP is logged and ignored: there is no config file.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	log, err := newLogger(stderr, logFormat, logLevel)

@@ -43,7 +43,7 @@ func runCerts(_ context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprint(fs.Output(), certsUsage)
 		fs.PrintDefaults()
 	}
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if len(splitList(*nodes)) == 0 {

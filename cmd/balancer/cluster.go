@@ -74,7 +74,7 @@ func (c *adminConn) client() (*admin.Client, error) {
 // clientCommand parses the flags of a command that reads one node's admin
 // API (the shared connection flags, plus what extra registers) and builds
 // its client.
-func clientCommand(name, usage string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*admin.Client, *adminConn, error) {
+func clientCommand(name, usage string, args []string, stdout, stderr io.Writer, extra func(*flag.FlagSet)) (*admin.Client, *adminConn, error) {
 	fs := flag.NewFlagSet("balancer "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	conn := adminFlags(fs)
@@ -85,7 +85,7 @@ func clientCommand(name, usage string, args []string, stderr io.Writer, extra fu
 		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
 	}
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return nil, nil, err
 	}
 	cl, err := conn.client()
@@ -93,7 +93,7 @@ func clientCommand(name, usage string, args []string, stderr io.Writer, extra fu
 }
 
 func runMembers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cl, conn, err := clientCommand("members", "Usage: balancer members [-admin HOST:PORT]\n\nLists the cluster's members as the node at -admin sees them.\n\nFlags:\n", args, stderr, nil)
+	cl, conn, err := clientCommand("members", "Usage: balancer members [-admin HOST:PORT]\n\nLists the cluster's members as the node at -admin sees them.\n\nFlags:\n", args, stdout, stderr, nil)
 	if err != nil {
 		return err
 	}
@@ -117,7 +117,7 @@ func runWeights(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if len(args) > 0 && args[0] == "set" {
 		return runWeightsSet(ctx, args[1:], stdout, stderr)
 	}
-	cl, conn, err := clientCommand("weights", "Usage: balancer weights [-admin HOST:PORT]\n\nLists the backends and weights applied on the node at -admin.\n\nFlags:\n", args, stderr, nil)
+	cl, conn, err := clientCommand("weights", "Usage: balancer weights [-admin HOST:PORT]\n\nLists the backends and weights applied on the node at -admin.\n\nFlags:\n", args, stdout, stderr, nil)
 	if err != nil {
 		return err
 	}
@@ -150,11 +150,8 @@ func runWeightsSet(ctx context.Context, args []string, stdout, stderr io.Writer)
 	// Flags may come before or after the two positional arguments.
 	var pos []string
 	for len(args) > 0 {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return err
-			}
-			return usageError{err}
+		if err := parseOnce(fs, args, stdout); err != nil {
+			return err
 		}
 		args = fs.Args()
 		if len(args) > 0 {

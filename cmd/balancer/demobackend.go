@@ -24,7 +24,7 @@ func runDemoBackend(ctx context.Context, args []string, stdout, stderr io.Writer
 		fmt.Fprint(fs.Output(), "Usage: balancer demo-backend [flags]\n\nA synthetic backend with finite capacity, for demos, tests and the benchmark.\nQuery parameters override per request: sleep=DURATION size=BYTES status=CODE.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	srv, err := backend.New(cfg)

@@ -70,7 +70,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	switch args[0] {
 	case "agent":
-		return runAgent(ctx, args[1:], stderr)
+		return runAgent(ctx, args[1:], stdout, stderr)
 	case "demo-backend":
 		return runDemoBackend(ctx, args[1:], stdout, stderr)
 	case "status":
@@ -92,17 +92,37 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 }
 
-// parseFlags parses args into fs, turning parse errors into usage errors
-// (flag has already printed the message and usage).
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{err}
+// parseFlags parses args into fs. -h prints the usage to help (stdout: it
+// is what the user asked for) and returns flag.ErrHelp; a bad flag is one
+// line, returned as a usage error that points at -h, rather than the whole
+// usage after the message, which buries the message.
+func parseFlags(fs *flag.FlagSet, args []string, help io.Writer) error {
+	if err := parseOnce(fs, args, help); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+		return usagef("unexpected argument %q (see %s -h)", fs.Arg(0), fs.Name())
+	}
+	return nil
+}
+
+// parseOnce is fs.Parse with parseFlags' handling of -h and of errors, for
+// commands that parse flags between positional arguments.
+func parseOnce(fs *flag.FlagSet, args []string, help io.Writer) error {
+	out, usage := fs.Output(), fs.Usage
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	fs.Usage = usage
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fs.SetOutput(help)
+		fs.Usage()
+		fs.SetOutput(out)
+		return err
+	case err != nil:
+		return usageError{fmt.Errorf("%w (see %s -h)", err, fs.Name())}
 	}
 	return nil
 }

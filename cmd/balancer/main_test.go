@@ -41,6 +41,7 @@ func TestBadInputExitsWithStatus2(t *testing.T) {
 		{"status with an argument", []string{"status", "extra"}, "unexpected argument"},
 		{"status unknown flag", []string{"status", "-watch"}, "flag provided but not defined"},
 		{"demo backend bad fail rate", []string{"demo-backend", "-fail-rate", "2"}, "-fail-rate"},
+		{"agent bad backend", []string{"agent", "-backend", "a=1.2.3.4:80@100001"}, "out of range"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -52,6 +53,11 @@ func TestBadInputExitsWithStatus2(t *testing.T) {
 			}
 			if !strings.Contains(errb.String(), tc.want) {
 				t.Fatalf("stderr %q does not mention %q", errb.String(), tc.want)
+			}
+			// A bad flag is one line pointing at -h: the whole usage
+			// after it would bury the message.
+			if strings.HasPrefix(tc.name, "agent") && strings.Count(errb.String(), "\n") > 1 {
+				t.Errorf("a bad flag printed %d lines:\n%s", strings.Count(errb.String(), "\n"), errb.String())
 			}
 		})
 	}
@@ -65,9 +71,12 @@ func TestHelpExitsZeroAndExplainsFlags(t *testing.T) {
 	}
 	for _, flag := range []string{"-node", "-listen", "-mode", "-admin", "-backend", "-algorithm", "-data-dir", "least-conn-local",
 		"-tls-cert", "-tls-ca", "-raft-tls-cert", "-raft-tls-ca", "-max-conns", "-header-timeout", "-keepalive-timeout"} {
-		if !strings.Contains(errb.String(), flag) {
+		if !strings.Contains(out.String(), flag) {
 			t.Errorf("agent -h does not mention %s", flag)
 		}
+	}
+	if errb.Len() > 0 {
+		t.Errorf("-h wrote to stderr (help asked for goes to stdout): %q", errb.String())
 	}
 }
 
@@ -77,7 +86,7 @@ func TestStatusHelpAndTopUsage(t *testing.T) {
 		t.Fatalf("status -h exit %d", code)
 	}
 	for _, want := range []string{"-admin", "BALANCER_ADMIN", "-token", "-json", "p99"} {
-		if !strings.Contains(errb.String(), want) {
+		if !strings.Contains(out.String(), want) {
 			t.Errorf("status -h does not mention %s", want)
 		}
 	}

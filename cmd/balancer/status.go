@@ -32,7 +32,7 @@ Flags:
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var asJSON bool
-	cl, conn, err := clientCommand("status", statusUsage, args, stderr, func(fs *flag.FlagSet) {
+	cl, conn, err := clientCommand("status", statusUsage, args, stdout, stderr, func(fs *flag.FlagSet) {
 		fs.BoolVar(&asJSON, "json", false, "print the /v1/status answer as JSON")
 	})
 	if err != nil {
