@@ -128,6 +128,7 @@ func startAgent(ctx context.Context, bin, name, logPath string, args []string) (
 		return nil, err
 	}
 	cmd := exec.Command(bin, append([]string{"agent", "-node", name}, args...)...)
+	dieWithParent(cmd)
 	cmd.Stdout = logf
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -377,6 +378,7 @@ func startHAProxy(ctx context.Context, dir string, backends []BackendSpec) (*hap
 		return nil, err
 	}
 	cmd := exec.Command(path, "-db", "-f", cfgPath)
+	dieWithParent(cmd)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
