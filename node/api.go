@@ -2,6 +2,7 @@ package node
 
 import (
 	"errors"
+	"github.com/thebalancer/balancer/proxy"
 	"net"
 	"strconv"
 	"strings"
@@ -158,10 +159,23 @@ func (v statusView) NodeStatus() admin.NodeStatus {
 		out.Raft.LastContactMS = -1
 	}
 	for id, t := range n.window.traffic(time.Now(), n.proxy.Stats()) {
-		out.Traffic[id] = admin.Traffic{Rate: t.Rate, ErrorRate: t.ErrRate, P99MS: float64(t.P99) / float64(time.Millisecond),
+		at := admin.Traffic{Rate: t.Rate, ErrorRate: t.ErrRate, P99MS: float64(t.P99) / float64(time.Millisecond),
 			Requests: t.Requests, Failures: t.Failures}
+		if t.Latency.Count() > 0 {
+			at.LatencyBuckets = append([]uint64(nil), t.Latency.Counts[:]...)
+		}
+		out.Traffic[id] = at
 	}
 	return out
+}
+
+func (statusView) LatencyQuantileMS(buckets []uint64, q float64) (float64, bool) {
+	var h proxy.HistogramSnapshot
+	if len(buckets) != len(h.Counts) {
+		return 0, false
+	}
+	copy(h.Counts[:], buckets)
+	return float64(h.Quantile(q)) / float64(time.Millisecond), true
 }
 
 // adminAddr passes on a peer's advertised admin address only in the forms

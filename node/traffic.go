@@ -28,10 +28,11 @@ type trafficSample struct {
 
 // Traffic is one backend's recent traffic through this node.
 type Traffic struct {
-	Rate     float64       // completed requests per second
-	ErrRate  float64       // failed requests per second
-	P99      time.Duration // 0 when nothing completed in the window
-	Requests uint64        // since start
+	Rate     float64                 // completed requests per second
+	ErrRate  float64                 // failed requests per second
+	P99      time.Duration           // 0 when nothing completed in the window
+	Latency  proxy.HistogramSnapshot // the window's requests, for merging across nodes
+	Requests uint64                  // since start
 	Failures uint64
 }
 
@@ -81,7 +82,8 @@ func (w *trafficWindow) traffic(now time.Time, cur []proxy.BackendStats) map[str
 			if s.Failures >= b.Failures {
 				t.ErrRate = float64(s.Failures-b.Failures) / span
 			}
-			t.P99 = s.Latency.Sub(b.Latency).Quantile(0.99)
+			t.Latency = s.Latency.Sub(b.Latency)
+			t.P99 = t.Latency.Quantile(0.99)
 		}
 		out[s.ID] = t
 	}

@@ -65,3 +65,15 @@ func TestTrafficWindowSlides(t *testing.T) {
 		t.Errorf("fresh window: %+v", tr)
 	}
 }
+
+func TestLatencyQuantileOverMergedBuckets(t *testing.T) {
+	b := make([]uint64, len(proxy.LatencyBuckets())+1)
+	b[3] = 100 // 2.5–5 ms
+	got, ok := statusView{}.LatencyQuantileMS(b, 0.99)
+	if !ok || got < 4.9 || got > 5 {
+		t.Errorf("p99 of 100 requests in (2.5, 5] ms: %v %v", got, ok)
+	}
+	if _, ok := (statusView{}).LatencyQuantileMS(b[:5], 0.99); ok {
+		t.Error("buckets of another layout were read")
+	}
+}

@@ -24,7 +24,7 @@ the leader, the
 config index, and every backend with its weight, drain flag, circuit state
 on each node, in-flight requests per node and in total, and its request
 rate, error rate and p99 latency over the last ten seconds (rates summed
-over the nodes, p99 the worst node's). The same view as the status page at
+over the nodes, p99 over all their requests). The same view as the status page at
 http://ADMIN/.
 
 Flags:

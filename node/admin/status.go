@@ -84,6 +84,11 @@ type Traffic struct {
 	P99MS     float64 `json:"p99_ms"`     // 0 when nothing completed lately
 	Requests  uint64  `json:"requests"`   // since the node started
 	Failures  uint64  `json:"failures"`
+	// LatencyBuckets counts the same window's requests per latency bucket
+	// (the bounds of balancer_backend_request_duration_seconds, then what
+	// exceeded the last), so that the cluster's p99 can be computed from
+	// every node's requests rather than guessed from their p99s.
+	LatencyBuckets []uint64 `json:"latency_buckets,omitempty"`
 }
 
 // NodeStatus is what only the node itself knows: its raft state and the
@@ -97,6 +102,10 @@ type NodeStatus struct {
 // called from request goroutines, concurrently, and must not block long.
 type StatusView interface {
 	NodeStatus() NodeStatus
+	// LatencyQuantileMS estimates the q-quantile, in milliseconds, of
+	// Traffic.LatencyBuckets counts in this node's bucket layout; false
+	// when the counts do not fit that layout (a peer of another version).
+	LatencyQuantileMS(buckets []uint64, q float64) (float64, bool)
 }
 
 // Status is the answer of GET /v1/status: the cluster as the answering node
@@ -134,8 +143,9 @@ type BackendStatus struct {
 	Traffic   map[string]Traffic `json:"traffic"`
 	Rate      float64            `json:"rate"`       // sum over Traffic
 	ErrorRate float64            `json:"error_rate"` // sum over Traffic
-	// P99MS is the worst node's p99: per-node quantiles cannot be merged
-	// exactly, and the worst is what an operator chases.
+	// P99MS is the p99 of every answering node's requests together, from
+	// their merged latency buckets; when a node sent no buckets, the worst
+	// node's p99 instead.
 	P99MS float64 `json:"p99_ms"`
 }
 
@@ -248,10 +258,41 @@ func (a *api) clusterStatus(ctx context.Context) Status {
 		for _, t := range b.Traffic {
 			b.Rate += t.Rate
 			b.ErrorRate += t.ErrorRate
-			b.P99MS = max(b.P99MS, t.P99MS)
 		}
+		b.P99MS = clusterP99(a.s.Status, b.Traffic)
 	}
 	return st
+}
+
+// clusterP99 merges the nodes' latency buckets and reads the p99 off the
+// sum. Without buckets from every node that served requests it falls back
+// to the worst node's p99: an upper bound, never an underestimate.
+func clusterP99(view StatusView, traffic map[string]Traffic) float64 {
+	var sum []uint64
+	worst := 0.0
+	merged := view != nil
+	for _, t := range traffic {
+		worst = max(worst, t.P99MS)
+		switch {
+		case len(t.LatencyBuckets) == 0:
+			merged = merged && t.P99MS == 0 // nothing served lately: nothing to merge
+		case sum == nil:
+			sum = append([]uint64(nil), t.LatencyBuckets...)
+		case len(t.LatencyBuckets) != len(sum):
+			merged = false
+		default:
+			for k, c := range t.LatencyBuckets {
+				sum[k] += c
+			}
+		}
+	}
+	if !merged || sum == nil {
+		return worst
+	}
+	if q, ok := view.LatencyQuantileMS(sum, 0.99); ok {
+		return q
+	}
+	return worst
 }
 
 // fetchStatus reads a peer's own status (GET /v1/status?scope=node).

@@ -40,6 +40,23 @@ func (f *clusterFake) NodeStatus() NodeStatus {
 		Traffic: map[string]Traffic{"web": f.traffic}}
 }
 
+// LatencyQuantileMS reads buckets whose k-th holds requests up to
+// (k+1)×10 ms, without interpolation: enough to tell a merge from a max.
+func (f *clusterFake) LatencyQuantileMS(b []uint64, q float64) (float64, bool) {
+	var total uint64
+	for _, c := range b {
+		total += c
+	}
+	var cum uint64
+	for k, c := range b {
+		cum += c
+		if float64(cum) >= q*float64(total) {
+			return float64(k+1) * 10, true
+		}
+	}
+	return 0, false
+}
+
 func startFake(t *testing.T, f *clusterFake) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewServer(NewHandler(Sources{Node: f.name, Load: f, Config: f, Members: f, Status: f,
@@ -151,5 +168,39 @@ func TestClusterStatusFanOutIsShared(t *testing.T) {
 	defer mu.Unlock()
 	if asked > allowed {
 		t.Errorf("20 status requests in %v asked the peer %d times, want at most %d (one per %v)", time.Since(start), asked, allowed, statusReuse)
+	}
+}
+
+// The cluster's p99 comes from every node's requests together: a node that
+// served one slow request among the cluster's hundred does not make the
+// cluster's p99 its own. A node without buckets (an older version) falls
+// back to the worst node's figure, which bounds the merged one from above.
+func TestClusterStatusMergesLatencyBuckets(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		b    Traffic
+		want float64
+	}{
+		{"merged", Traffic{Rate: 1, P99MS: 80, LatencyBuckets: []uint64{0, 0, 0, 0, 0, 0, 0, 1}}, 10},
+		{"a node without buckets", Traffic{Rate: 1, P99MS: 80}, 80},
+		{"another bucket layout", Traffic{Rate: 1, P99MS: 80, LatencyBuckets: []uint64{0, 1}}, 80},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := &clusterFake{name: "a", traffic: Traffic{Rate: 99, P99MS: 10, LatencyBuckets: []uint64{99, 0, 0, 0, 0, 0, 0, 0}}}
+			b := &clusterFake{name: "b", traffic: tc.b}
+			sa, sb := startFake(t, a), startFake(t, b)
+			members := []Member{
+				{Name: "a", AdminAddr: sa.Listener.Addr().String(), Status: "alive", Leader: true},
+				{Name: "b", AdminAddr: sb.Listener.Addr().String(), Status: "alive"},
+			}
+			a.members, b.members = members, members
+			st, err := NewClient(sa.URL, "").Status(testCtx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := st.Backends[0].P99MS; got != tc.want {
+				t.Errorf("cluster p99 %v ms, want %v", got, tc.want)
+			}
+		})
 	}
 }
