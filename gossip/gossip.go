@@ -222,7 +222,8 @@ func New(cfg Config) (*Gossip, error) {
 
 // Joined is closed once Run has contacted one of Config.Join, or at once
 // when there are none. Members is the cluster's view from then on, not
-// only this node's.
+// only this node's. It is never closed when Run is not called, fails to
+// join or is stopped while joining: wait on it together with a context.
 func (g *Gossip) Joined() <-chan struct{} { return g.joined }
 
 // Addr returns the gossip HOST:PORT peers use to reach this node: the
@@ -869,8 +870,11 @@ func (g *Gossip) sendLoop(ctx context.Context) {
 		pending := dirty || repeat || g.force.Load()
 		if now.Sub(last) >= refresh || (pending && now.Sub(last) >= g.cfg.SendInterval) {
 			g.force.Store(false)
-			repeat = dirty
-			sentVer = g.sendRound()
+			// Whether this round carried news is what it sent, not what
+			// was dirty before: a Publish can land in between.
+			v := g.sendRound()
+			repeat = v != sentVer
+			sentVer = v
 			last = now
 			g.pubMu.Lock()
 			pending = g.pubVer != sentVer
