@@ -380,7 +380,7 @@ func New(cfg Config) (*Node, error) {
 	ro := cfg.Raft
 	// raft and memberlist log a line per malformed packet or connection:
 	// what peers and strangers can send must not decide the log's size.
-	libLog := slog.New(newThrottle(log.Handler(), time.Minute, 5))
+	libLog := slog.New(newThrottle(log.Handler(), time.Minute, 5, 100))
 	ro.NodeID, ro.DataDir, ro.Logger = cfg.Name, cfg.DataDir, libLog.With("part", "raft")
 	ro.TLS = n.tls.raft
 	if n.store, err = consensus.Open(ro); err != nil {
