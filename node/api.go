@@ -33,10 +33,10 @@ func (n *Node) adminSources() admin.Sources {
 // forwardTLS is the admin API's source of forwarding configs: nil
 // without -tls-cert, so that plain-HTTP nodes forward as before.
 func (n *Node) forwardTLS() func() *tls.Config {
-	if n.tls.forward == nil {
+	if n.tls.admin.Load() == nil {
 		return nil
 	}
-	return func() *tls.Config { return n.tls.forward }
+	return n.tls.forward
 }
 
 // ready is the readiness check: a node that is draining or has nothing to
