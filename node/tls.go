@@ -204,7 +204,9 @@ func (n *Node) ReloadTLS() error {
 	if oldRaft != nil {
 		r, err := loadRaftTLS(n.cfg.RaftTLS)
 		if err == nil {
-			err = n.store.SetTLS(r.cfg)
+			if err = n.store.SetTLS(r.cfg); err != nil {
+				err = fmt.Errorf("%s: %w", n.cfg.RaftTLS.Cert, err)
+			}
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("raft TLS not reloaded, still using %s: %w", certName(oldRaft.leaf), err))

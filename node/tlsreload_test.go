@@ -351,6 +351,17 @@ func TestReloadTLSRaft(t *testing.T) {
 		t.Fatalf("write after the raft reload: %+v", res)
 	}
 
+	// The operator's client certificate from the same CA parses and
+	// matches its key, but peers would refuse it: refused here already.
+	install(t, TLSFiles{Cert: filepath.Join(dir, "client.pem"), Key: filepath.Join(dir, "client-key.pem"), CA: filepath.Join(dir, pki.CAFile)}, lives["n2"][1])
+	if err := n2.ReloadTLS(); err == nil || !strings.Contains(err.Error(), "not a node certificate") || !strings.Contains(err.Error(), lives["n2"][1].Cert) {
+		t.Fatalf("ReloadTLS with a client-only raft certificate = %v; want a refusal naming the file", err)
+	}
+	if got := served(t, n2.store.RaftAddr(), raftClient); got.Cmp(renewed) != 0 {
+		t.Errorf("after a refused raft reload n2's raft serves %X, want the last good %X", got, renewed)
+	}
+	install(t, filesOf(dir, "n2"), lives["n2"][1])
+
 	// Broken raft CA; the admin files hold a valid new leaf.
 	adminRenewed := reissue(t, dir, "n2", time.Hour)
 	install(t, filesOf(dir, "n2"), lives["n2"][0])
