@@ -32,6 +32,10 @@ var (
 	ErrOutcomeUnknown = errors.New("outcome unknown")
 )
 
+// ErrNoTLS is returned by Store.SetTLS on a store that runs raft over
+// plain TCP.
+var ErrNoTLS = errors.New("raft runs over plain TCP: no TLS setting to replace")
+
 // ErrPeerTLS is returned by AddVoter when the new server fails the raft
 // mutual TLS handshake (its certificate is from another CA, does not name
 // its address or is no node certificate, it refuses this node's

@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -277,6 +278,22 @@ func (s *Store) ID() string { return s.id }
 // RaftAddr returns the raft address peers dial: the advertise address, or
 // the bound one (with the real port when Bind asked for port 0).
 func (s *Store) RaftAddr() string { return s.addr }
+
+// SetTLS replaces the raft TLS setting (as Options.TLS: this node's
+// certificate and the CA pools peers are verified against) for the
+// connections made from now on, in both directions; established
+// connections are not cut, so raft's pooled connections keep the old
+// certificate until they close. A cfg that cannot secure raft, or whose
+// certificate lacks the server and client auth usages peers demand, is
+// refused and the current setting stays. A store started without TLS
+// returns ErrNoTLS: switching to TLS needs every node at once, a restart.
+// Safe to call from any goroutine; it does not block on raft.
+func (s *Store) SetTLS(cfg *tls.Config) error {
+	if s.stream == nil {
+		return ErrNoTLS
+	}
+	return s.stream.setConfig(cfg)
+}
 
 // HasState reports whether this node has raft state on disk (a log, a term
 // or a snapshot): it was bootstrapped or has joined a cluster before. A node

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -34,12 +35,15 @@ const (
 // goroutines, before raft sees them: a slow or refused peer neither stalls
 // raft's single accept loop nor shows up in raft's log as a garbled RPC;
 // it is logged once, here, with the reason.
+//
+// The configs can be replaced while the stream runs (setConfig): each
+// accepted connection and each dial uses the pair current at its start,
+// and connections already established keep theirs.
 type tlsStream struct {
-	ln     net.Listener
-	adv    net.Addr // nil: the bound address
-	server *tls.Config
-	client *tls.Config
-	log    *slog.Logger
+	ln   net.Listener
+	adv  net.Addr // nil: the bound address
+	cfgs atomic.Pointer[streamConfigs]
+	log  *slog.Logger
 
 	conns  chan net.Conn // handshaken connections for Accept
 	ctx    context.Context
@@ -50,20 +54,40 @@ type tlsStream struct {
 
 var _ raft.StreamLayer = (*tlsStream)(nil)
 
-// newTLSStream takes over ln. cfg holds this node's certificate, the CA
-// pool peers are verified against (RootCAs and ClientCAs alike) and is not
-// modified.
-func newTLSStream(ln net.Listener, adv net.Addr, cfg *tls.Config, log *slog.Logger) *tlsStream {
+// streamConfigs is the server and client side of one raft TLS setting,
+// replaced together so that a handshake never pairs one setting's
+// certificate with another's CA.
+type streamConfigs struct {
+	server *tls.Config
+	client *tls.Config
+}
+
+// newStreamConfigs derives both sides from cfg, which is not modified.
+// Every derived config gets the node-certificate check, so a replaced
+// setting cannot drop it.
+func newStreamConfigs(cfg *tls.Config) *streamConfigs {
 	server := cfg.Clone()
 	server.ClientAuth = tls.RequireAndVerifyClientCert
 	server.MinVersion = tls.VersionTLS13
 	server.VerifyConnection = requireNodeCert(cfg.VerifyConnection)
+	// A resumed session skips certificate verification, so a ticket issued
+	// before a CA change would let its holder in under the old CA. raft's
+	// connections are few and long-lived: resumption saves nothing.
+	server.SessionTicketsDisabled = true
 	client := cfg.Clone()
 	client.MinVersion = tls.VersionTLS13
 	client.VerifyConnection = requireNodeCert(cfg.VerifyConnection)
+	return &streamConfigs{server: server, client: client}
+}
+
+// newTLSStream takes over ln. cfg holds this node's certificate, the CA
+// pool peers are verified against (RootCAs and ClientCAs alike) and is not
+// modified.
+func newTLSStream(ln net.Listener, adv net.Addr, cfg *tls.Config, log *slog.Logger) *tlsStream {
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &tlsStream{ln: ln, adv: adv, server: server, client: client, log: log,
+	s := &tlsStream{ln: ln, adv: adv, log: log,
 		conns: make(chan net.Conn), ctx: ctx, cancel: cancel, sem: make(chan struct{}, maxHandshakes)}
+	s.cfgs.Store(newStreamConfigs(cfg))
 	s.wg.Add(1)
 	go s.acceptLoop()
 	return s
@@ -107,7 +131,7 @@ func (s *tlsStream) acceptLoop() {
 // handshake completes the server side of one connection and hands it to
 // Accept, or closes it.
 func (s *tlsStream) handshake(c net.Conn) {
-	tc := tls.Server(c, s.server)
+	tc := tls.Server(c, s.cfgs.Load().server)
 	ctx, cancel := context.WithTimeout(s.ctx, handshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
@@ -225,7 +249,7 @@ func (s *tlsStream) dialConfig(address string) (*tls.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg := s.client
+	cfg := s.cfgs.Load().client
 	if cfg.ServerName == "" {
 		cfg = cfg.Clone()
 		cfg.ServerName = host
@@ -297,6 +321,34 @@ func awaitRefusal(c net.Conn, wait time.Duration) error {
 		return nil // data would be odd from a raft server, but it accepted us
 	}
 	return fmt.Errorf("the peer refused this node's certificate after the handshake (does it trust the same raft CA?): %w", err)
+}
+
+// setConfig makes cfg (as for newTLSStream) this node's raft TLS setting
+// for the handshakes that start from now on; established connections keep
+// the setting they were made with. It refuses, keeping the current
+// setting, a cfg that checkTLS refuses or whose certificate is no node
+// certificate: peers would refuse every new connection from this node.
+func (s *tlsStream) setConfig(cfg *tls.Config) error {
+	if err := checkTLS(cfg); err != nil {
+		return err
+	}
+	for _, c := range cfg.Certificates {
+		leaf := c.Leaf
+		if leaf == nil && len(c.Certificate) > 0 {
+			var err error
+			if leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
+				return fmt.Errorf("-raft-tls-cert: %w", err)
+			}
+		}
+		if leaf == nil {
+			return errors.New("-raft-tls-cert: the certificate is empty")
+		}
+		if err := nodeUsage(leaf.ExtKeyUsage); err != nil {
+			return fmt.Errorf("-raft-tls-cert: certificate %q is not a node certificate: %w", leaf.Subject.CommonName, err)
+		}
+	}
+	s.cfgs.Store(newStreamConfigs(cfg))
+	return nil
 }
 
 // checkTLS reports why cfg cannot secure raft, or nil.

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"crypto/tls"
 	"errors"
 	"github.com/thebalancer/balancer/proxy"
 	"net"
@@ -26,8 +27,17 @@ func (n *Node) adminSources() admin.Sources {
 		Metrics: promhttpHandler(n.registry),
 		Pprof:   n.cfg.Pprof,
 		// Forwarding to an HTTPS leader: trust and identity from -tls-*.
-		ForwardTLS: n.tls.forward,
+		ForwardTLS: n.forwardTLS(),
 	}
+}
+
+// forwardTLS is the admin API's source of forwarding configs: nil
+// without -tls-cert, so that plain-HTTP nodes forward as before.
+func (n *Node) forwardTLS() func() *tls.Config {
+	if n.tls.admin.Load() == nil {
+		return nil
+	}
+	return n.tls.forward
 }
 
 // ready is the readiness check: a node that is draining or has nothing to

@@ -47,6 +47,7 @@ type collector struct {
 	cfgIndex  *prometheus.Desc
 	cfgChange *prometheus.Desc
 	cfgReject *prometheus.Desc
+	tlsExpiry *prometheus.Desc
 	bucketsUp []float64
 }
 
@@ -81,6 +82,7 @@ func newCollector(n *Node) *collector {
 		cfgIndex:  prometheus.NewDesc("balancer_config_index", "Index of the replicated config this node applies (0: still on its static seed).", nil, nil),
 		cfgChange: prometheus.NewDesc("balancer_config_changes_total", "Committed config changes this node applied since it started.", nil, nil),
 		cfgReject: prometheus.NewDesc("balancer_config_rejected_total", "Committed entries this node could not apply (they changed nothing).", nil, nil),
+		tlsExpiry: prometheus.NewDesc("balancer_tls_cert_expiry_timestamp_seconds", "When the certificate this node presents expires (NotAfter, Unix seconds), by listener: admin or raft. Absent without TLS; follows SIGHUP reloads.", []string{"listener"}, nil),
 		bucketsUp: proxy.LatencyBuckets(),
 	}
 }
@@ -91,7 +93,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.failures, c.latency, c.inflight, c.clusterIF, c.weight, c.drain,
 		c.breaker, c.trans, c.rejected, c.peerAge, c.peers, c.gossipMsg, c.gossipB, c.gossipBad, c.members,
 		c.raftState, c.raftTerm, c.raftCommt, c.raftAppl, c.raftLast, c.cfgIndex, c.cfgChange, c.cfgReject,
-		c.connsOpen, c.connsMax, c.connsRef} {
+		c.connsOpen, c.connsMax, c.connsRef, c.tlsExpiry} {
 		ch <- d
 	}
 }
@@ -99,6 +101,12 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	c.collectBackends(ch)
 	c.collectCluster(ch)
+	if a := c.n.tls.admin.Load(); a != nil {
+		ch <- prometheus.MustNewConstMetric(c.tlsExpiry, prometheus.GaugeValue, float64(a.leaf.NotAfter.Unix()), "admin")
+	}
+	if r := c.n.tls.raft.Load(); r != nil {
+		ch <- prometheus.MustNewConstMetric(c.tlsExpiry, prometheus.GaugeValue, float64(r.leaf.NotAfter.Unix()), "raft")
+	}
 }
 
 func (c *collector) collectBackends(ch chan<- prometheus.Metric) {

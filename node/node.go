@@ -291,9 +291,10 @@ type Node struct {
 	breakers *breaker.Set
 	registry *prometheus.Registry
 
-	traffic net.Listener
-	adminLn net.Listener
-	tls     tlsSetup
+	traffic  net.Listener
+	adminLn  net.Listener
+	tls      tlsState
+	reloadMu sync.Mutex // serialises ReloadTLS
 
 	gossip *gossip.Gossip // nil without -gossip
 	// The members last saved to the data dir and the last save's error;
@@ -347,17 +348,19 @@ func New(cfg Config) (*Node, error) {
 	if warn, _ := cfg.checkAdvertised(); len(warn) > 0 {
 		log.Warn("peers on other hosts cannot reach this node: loopback address next to a routable gossip address", "addresses", strings.Join(warn, ", "))
 	}
-	tlsCfg, err := loadTLS(cfg)
+	adminCerts, raftCerts, err := loadTLS(cfg)
 	if err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("-data-dir: %w", err)
 	}
-	n := &Node{tls: tlsCfg, cfg: cfg, log: log, registry: cfg.Registry, routes: newRouteState(),
+	n := &Node{cfg: cfg, log: log, registry: cfg.Registry, routes: newRouteState(),
 		lastOK: make(map[string]time.Time), okCount: make(map[string]uint64),
 		latency: make(map[string]float64), latSeen: make(map[string]latencyMark),
 		window: newTrafficWindow(500*time.Millisecond, 10*time.Second), transitions: make(map[transitionKey]uint64)}
+	n.tls.admin.Store(adminCerts)
+	n.tls.raft.Store(raftCerts)
 	if n.registry == nil {
 		n.registry = prometheus.NewRegistry()
 		registerRuntime(n.registry)
@@ -382,7 +385,9 @@ func New(cfg Config) (*Node, error) {
 	// what peers and strangers can send must not decide the log's size.
 	libLog := slog.New(newThrottle(log.Handler(), time.Minute, 5, 100))
 	ro.NodeID, ro.DataDir, ro.Logger = cfg.Name, cfg.DataDir, libLog.With("part", "raft")
-	ro.TLS = n.tls.raft
+	if raftCerts != nil {
+		ro.TLS = raftCerts.cfg
+	}
 	if n.store, err = consensus.Open(ro); err != nil {
 		n.traffic.Close()
 		n.adminLn.Close()
@@ -457,7 +462,7 @@ func (n *Node) adminAdvertised() string {
 	if addr == "" {
 		addr = n.AdminAddr()
 	}
-	if n.tls.admin != nil {
+	if n.tls.admin.Load() != nil {
 		return "https://" + addr
 	}
 	return addr
@@ -505,7 +510,7 @@ func (n *Node) Run(ctx context.Context) error {
 	adminSrv := newAdminServer(admin.NewHandler(n.adminSources()), lim)
 	adminSrv.BaseContext = func(net.Listener) context.Context { return adminBase }
 	adminSrv.ErrorLog = slog.NewLogLogger(n.log.Handler(), slog.LevelDebug)
-	adminSrv.TLSConfig = n.tls.admin
+	adminSrv.TLSConfig = n.tls.adminServer()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		// A gossip failure (a join that never succeeds) stops the node.
@@ -532,7 +537,7 @@ func (n *Node) Run(ctx context.Context) error {
 			ln = netutil.LimitListener(ln, lim.MaxConns)
 		}
 		var err error
-		if n.tls.admin != nil {
+		if adminSrv.TLSConfig != nil {
 			err = adminSrv.ServeTLS(ln, "", "")
 		} else {
 			err = adminSrv.Serve(ln)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -115,7 +116,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&logFormat, "log-format", "text", "log `format`: text or json")
 	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "Usage: balancer agent [flags]\n\nRuns one balancer node: proxies client traffic on -listen to the backends,\nserves the admin API on -admin, stops gracefully on SIGINT/SIGTERM (a second\none exits at once). SIGHUP is logged and ignored: there is no config file.\n\nFlags:\n")
+		fmt.Fprint(fs.Output(), "Usage: balancer agent [flags]\n\nRuns one balancer node: proxies client traffic on -listen to the backends,\nserves the admin API on -admin, stops gracefully on SIGINT/SIGTERM (a second\none exits at once). SIGHUP rereads the -tls-* and -raft-tls-* files from\ntheir paths, for certificate rotation without a restart: new connections get\nthe new certificate, open ones are kept, and a broken set is refused (logged\nas an error) in favour of the old one. Without TLS files SIGHUP is logged and\nignored: there is no config file.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args, stdout); err != nil {
@@ -160,7 +161,19 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return usageError{err}
 	}
+	onHangup(ctx, func() { reloadTLS(n, log) })
 	return n.Run(ctx)
+}
+
+// reloadTLS is the agent's SIGHUP.
+func reloadTLS(n *node.Node, log *slog.Logger) {
+	err := n.ReloadTLS()
+	switch {
+	case errors.Is(err, node.ErrNoTLS):
+		log.Warn("SIGHUP ignored: no TLS files to reload (-tls-cert, -raft-tls-cert) and no config file; change backends with `balancer weights set` or the admin API, restart to change flags")
+	case err != nil:
+		log.Error("SIGHUP: TLS reload failed; the listener named keeps its previous certificate", "err", err)
+	}
 }
 
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {

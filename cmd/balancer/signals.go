@@ -15,12 +15,14 @@ import (
 // SIGINT or SIGTERM ends the context, so the command stops gracefully (an
 // agent drains for up to -shutdown-timeout); a second one exits at once,
 // because someone pressing Ctrl-C twice does not want to wait out a drain.
-// With hangup, SIGHUP is caught and logged: Go's default for it is to die
-// on the spot, with no drain, no gossip leave and no leadership handover,
-// and an agent has no config file that a reload could mean.
+// With hangup, SIGHUP is caught: Go's default for it is to die on the
+// spot, with no drain, no gossip leave and no leadership handover. It runs
+// the command's hangup hook (the agent rereads its TLS files), or is
+// logged and ignored before there is one.
 type signalWatch struct {
 	stderr io.Writer
 	log    atomic.Pointer[slog.Logger] // set by a command with its own log (the agent)
+	hup    atomic.Pointer[func()]      // set by a command that reloads on SIGHUP (the agent)
 	ch     chan os.Signal
 	done   chan struct{}
 	exit   func(code int)
@@ -59,7 +61,14 @@ func (w *signalWatch) loop(cancel context.CancelFunc) {
 		case s := <-w.ch:
 			switch {
 			case s == syscall.SIGHUP:
-				w.say(slog.LevelWarn, "SIGHUP ignored: the agent has no config file to reload; change backends with `balancer weights set` or the admin API, restart to change flags")
+				// Run here, not in a goroutine of its own: a reload
+				// reads a few small files, and two SIGHUPs in a row
+				// then reload one after the other.
+				if f := w.hup.Load(); f != nil {
+					(*f)()
+				} else {
+					w.say(slog.LevelWarn, "SIGHUP ignored: the agent is still starting")
+				}
 			case !stopping:
 				stopping = true
 				w.say(slog.LevelInfo, fmt.Sprintf("%s: stopping gracefully; send SIGINT or SIGTERM again to exit at once", sigName(s)))
@@ -88,6 +97,14 @@ func (w *signalWatch) say(level slog.Level, msg string) {
 func logSignalsTo(ctx context.Context, log *slog.Logger) {
 	if w, ok := ctx.Value(signalWatchKey{}).(*signalWatch); ok {
 		w.log.Store(log)
+	}
+}
+
+// onHangup makes the signal watcher of ctx, if any, call f on SIGHUP,
+// from its own goroutine, one call at a time.
+func onHangup(ctx context.Context, f func()) {
+	if w, ok := ctx.Value(signalWatchKey{}).(*signalWatch); ok {
+		w.hup.Store(&f)
 	}
 }
 

@@ -165,10 +165,12 @@ type Sources struct {
 	// Pprof exposes the Go profiler under /debug/pprof/ (off by default:
 	// profiles reveal internals and cost CPU).
 	Pprof bool
-	// ForwardTLS is the client config a follower forwards writes with to a
-	// leader whose advertised admin address is an https:// URL. Optional:
-	// nil uses the system's roots and no client certificate.
-	ForwardTLS *tls.Config
+	// ForwardTLS returns the client config a follower forwards writes with
+	// to a leader whose advertised admin address is an https:// URL. It is
+	// called for every new connection, from the request's goroutine, and
+	// must not block; the config is not modified. Optional: nil uses the
+	// system's roots and no client certificate.
+	ForwardTLS func() *tls.Config
 }
 
 // NewHandler returns the admin API handler. Besides the reads of SPEC.md:

@@ -63,19 +63,56 @@ type api struct {
 // newForwardClient returns the client a follower forwards writes with. It
 // never follows redirects: the leader's answer is relayed as it is. Each
 // forward is bounded by its request's context.
-func newForwardClient(tlsCfg *tls.Config) *http.Client {
+func newForwardClient(tlsCfg func() *tls.Config) *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	// The leader is a peer on the cluster's network: it accepts a
 	// connection at once or it is gone. Without a bound, a leader killed
 	// with its address left unanswered (no RST) held every forwarded write
 	// for the whole forward bound (15 s) after a fail-over.
-	tr.DialContext = (&net.Dialer{Timeout: forwardDialTimeout, KeepAlive: 30 * time.Second}).DialContext
-	tr.TLSClientConfig = tlsCfg
+	dialer := &net.Dialer{Timeout: forwardDialTimeout, KeepAlive: 30 * time.Second}
+	tr.DialContext = dialer.DialContext
+	if tlsCfg != nil {
+		// The config is asked for on every new connection, not fixed in
+		// TLSClientConfig, so that certificates and CAs reloaded since
+		// the last one apply; kept-alive connections stay as they are.
+		tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return dialTLS(ctx, dialer, tr.TLSHandshakeTimeout, tlsCfg(), network, addr)
+		}
+	}
 	tr.Proxy = nil // peers talk directly, whatever HTTP_PROXY says
 	return &http.Client{
 		Transport:     tr,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
+}
+
+// dialTLS does what http.Transport does with TLSClientConfig: it verifies
+// the dialled host unless cfg names a server, offers HTTP/2, and bounds
+// the handshake by timeout.
+func dialTLS(ctx context.Context, d *net.Dialer, timeout time.Duration, cfg *tls.Config, network, addr string) (net.Conn, error) {
+	cfg = cfg.Clone()
+	if cfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		cfg.ServerName = host
+	}
+	if len(cfg.NextProtos) == 0 {
+		cfg.NextProtos = []string{"h2", "http/1.1"}
+	}
+	raw, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	hctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c := tls.Client(raw, cfg)
+	if err := c.HandshakeContext(hctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // adminBase turns an advertised admin address into a base URL: a bare
