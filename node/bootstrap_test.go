@@ -2,6 +2,9 @@ package node
 
 import (
 	"context"
+	"github.com/thebalancer/balancer/consensus"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -97,4 +100,24 @@ func TestStoppingLeaderRemovesNoServer(t *testing.T) {
 		leader.reconcileVoters(context.Background())
 		return !voters(leader)[leaving.Name()]
 	})
+}
+
+// More members than expected that each could found a cluster never
+// bootstrap; the operator must hear why, once per set of candidates, not
+// every 200 ms look.
+func TestTooManyFoundersAreNamedOnce(t *testing.T) {
+	logs := &testutil.SyncBuffer{}
+	n := &Node{log: slog.New(slog.NewTextHandler(logs, nil))}
+	ab := []consensus.Server{{ID: "a"}, {ID: "b"}}
+	n.whyNotFounding(1, ab)
+	n.whyNotFounding(1, ab)
+	if c := strings.Count(logs.String(), "none bootstraps"); c != 1 || !strings.Contains(logs.String(), "candidates=a,b") {
+		t.Fatalf("%d warnings for the same candidates, want 1:\n%s", c, logs.String())
+	}
+	n.whyNotFounding(1, append(ab, consensus.Server{ID: "c"}))
+	n.whyNotFounding(1, ab[:1]) // settled: nothing to say
+	n.whyNotFounding(1, ab)     // and again
+	if c := strings.Count(logs.String(), "none bootstraps"); c != 3 {
+		t.Fatalf("%d warnings, want 3 (a,b; a,b,c; a,b again after it settled):\n%s", c, logs.String())
+	}
 }

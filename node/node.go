@@ -297,12 +297,13 @@ type Node struct {
 	reloadMu sync.Mutex // serialises ReloadTLS
 
 	gossip *gossip.Gossip // nil without -gossip
-	// The members last saved to the data dir and the last save's error;
-	// the consensus loop's alone.
-	savedPeers map[string]string
-	peersErr   error
-	store      *consensus.Store
-	consul     consulSource // nil without -consul-service / -consul-kv
+	// The members remembered for a restart (the consensus loop's alone),
+	// and the newest list for the saver to write.
+	known     map[string]knownPeer
+	peersSave chan map[string]knownPeer
+	tooMany   string // the bootstrap candidates last warned about
+	store     *consensus.Store
+	consul    consulSource // nil without -consul-service / -consul-kv
 
 	replicated atomic.Bool // a committed config has been applied
 
@@ -358,7 +359,8 @@ func New(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg, log: log, registry: cfg.Registry, routes: newRouteState(),
 		lastOK: make(map[string]time.Time), okCount: make(map[string]uint64),
 		latency: make(map[string]float64), latSeen: make(map[string]latencyMark),
-		window: newTrafficWindow(500*time.Millisecond, 10*time.Second), transitions: make(map[transitionKey]uint64)}
+		window: newTrafficWindow(500*time.Millisecond, 10*time.Second), transitions: make(map[transitionKey]uint64),
+		known: make(map[string]knownPeer), peersSave: make(chan map[string]knownPeer, 1)}
 	n.tls.admin.Store(adminCerts)
 	n.tls.raft.Store(raftCerts)
 	if n.registry == nil {
@@ -402,10 +404,14 @@ func New(cfg Config) (*Node, error) {
 		gc.Name = cfg.Name
 		gc.Logger = libLog.With("part", "gossip")
 		gc.Meta = n.meta()
-		if gc.Rejoin, err = loadPeers(cfg.DataDir); err != nil {
+		known, err := loadPeers(cfg.DataDir, time.Now())
+		if err != nil {
 			log.Warn("cannot read the members remembered from the last run; only -join will find the cluster", "err", err)
 		}
-		n.savedPeers = gc.Rejoin
+		if known != nil {
+			n.known = known
+		}
+		gc.Rejoin = rejoinAddrs(n.known)
 		if n.gossip, err = gossip.New(gc); err != nil {
 			n.close()
 			return nil, fmt.Errorf("-gossip: %w", err)

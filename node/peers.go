@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,24 +9,35 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/thebalancer/balancer/gossip"
 )
 
-// peersFile holds the gossip addresses of the members this node last saw
+// peersFile holds the gossip addresses of the members this node has seen
 // alive, so that a node restarted without -join finds its cluster again. The
 // README's quick start starts the first node without -join; after a graceful
 // stop the leader removes it from raft, and only gossip can bring it back.
 const peersFile = "peers.json"
 
-type peersDoc struct {
-	Members map[string]string `json:"members"` // name -> gossip HOST:PORT
+// peersKeep is how long a member not seen alive stays in the file, the same
+// time gossip keeps trying a member declared dead.
+const peersKeep = 72 * time.Hour
+
+// knownPeer is one remembered member: where it was last seen alive, and when.
+type knownPeer struct {
+	Addr string    `json:"addr"`
+	Seen time.Time `json:"seen"`
 }
 
-// loadPeers reads the members remembered in dir. A missing file is no
-// error; a damaged one is, but the caller only logs it: the node can still
-// start with -join.
-func loadPeers(dir string) (map[string]string, error) {
+type peersDoc struct {
+	Members map[string]knownPeer `json:"members"`
+}
+
+// loadPeers reads the members remembered in dir, leaving out those not seen
+// for peersKeep. A missing file is no error; a damaged one is, but the
+// caller only logs it: the node can still start with -join.
+func loadPeers(dir string, now time.Time) (map[string]knownPeer, error) {
 	b, err := os.ReadFile(filepath.Join(dir, peersFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -37,12 +49,13 @@ func loadPeers(dir string) (map[string]string, error) {
 	if err := json.Unmarshal(b, &doc); err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, peersFile), err)
 	}
+	maps.DeleteFunc(doc.Members, func(_ string, p knownPeer) bool { return p.Addr == "" || now.Sub(p.Seen) > peersKeep })
 	return doc.Members, nil
 }
 
 // savePeers writes members to dir, replacing the file only once the new one
 // is complete, so a full disk or a crash mid-write leaves the old list.
-func savePeers(dir string, members map[string]string) error {
+func savePeers(dir string, members map[string]knownPeer) error {
 	b, err := json.MarshalIndent(peersDoc{Members: members}, "", "  ")
 	if err != nil {
 		return err
@@ -66,28 +79,65 @@ func savePeers(dir string, members map[string]string) error {
 	return os.Rename(tmp.Name(), filepath.Join(dir, peersFile))
 }
 
-// rememberPeers saves the alive peers when they differ from what was last
-// saved. An empty set is never saved: a node cut off from everyone must
-// still know where its cluster was when it restarts.
-func (n *Node) rememberPeers() {
+// rejoinAddrs turns remembered members into gossip's Rejoin list.
+func rejoinAddrs(known map[string]knownPeer) map[string]string {
+	out := make(map[string]string, len(known))
+	for name, p := range known {
+		out[name] = p.Addr
+	}
+	return out
+}
+
+// rememberPeers adds the members alive now to the remembered ones and hands
+// the list to the saver when a member or an address is new. Members are
+// never dropped for being away: the one a restarted node can reach may be
+// any of them. They go after peersKeep without being seen alive.
+func (n *Node) rememberPeers(now time.Time) {
 	if n.gossip == nil {
 		return
 	}
-	alive := make(map[string]string)
+	changed := false
 	for _, m := range n.gossip.Members() {
-		if m.Name != n.cfg.Name && m.State == gossip.StateAlive && m.Addr != "" {
-			alive[m.Name] = m.Addr
+		if m.Name == n.cfg.Name || m.State != gossip.StateAlive || m.Addr == "" {
+			continue
+		}
+		old, ok := n.known[m.Name]
+		changed = changed || !ok || old.Addr != m.Addr
+		n.known[m.Name] = knownPeer{Addr: m.Addr, Seen: now}
+	}
+	for name, p := range n.known {
+		if now.Sub(p.Seen) > peersKeep {
+			delete(n.known, name)
+			changed = true
 		}
 	}
-	if len(alive) == 0 || maps.Equal(alive, n.savedPeers) {
+	if !changed || len(n.known) == 0 {
 		return
 	}
-	if err := savePeers(n.cfg.DataDir, alive); err != nil {
-		if n.peersErr == nil || n.peersErr.Error() != err.Error() {
-			n.log.Warn("cannot save the cluster's members to the data dir; a restart without -join may not find the cluster", "err", err)
+	select { // the saver takes the newest list; an older one waiting is dropped
+	case <-n.peersSave:
+	default:
+	}
+	n.peersSave <- maps.Clone(n.known)
+}
+
+// savePeersLoop writes the lists rememberPeers hands over, off the
+// consensus loop: an fsync on a slow disk must not hold up applying configs.
+func (n *Node) savePeersLoop(ctx context.Context) {
+	var lastErr string
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case known := <-n.peersSave:
+			err := savePeers(n.cfg.DataDir, known)
+			switch {
+			case err != nil && err.Error() != lastErr:
+				n.log.Warn("cannot save the cluster's members to the data dir; a restart without -join may not find the cluster", "err", err)
+				lastErr = err.Error()
+			case err == nil:
+				lastErr = ""
+			}
 		}
-		n.peersErr = err
-		return
 	}
-	n.savedPeers, n.peersErr = alive, nil
 }

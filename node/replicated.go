@@ -80,6 +80,8 @@ func (n *Node) consensusLoop(ctx context.Context) {
 		}
 	}()
 	defer persister.Wait()
+	persister.Add(1)
+	go func() { defer persister.Done(); n.savePeersLoop(ctx) }()
 	var leaderCancel context.CancelFunc
 	stopLeading := func() {
 		if leaderCancel != nil {
@@ -118,7 +120,7 @@ func (n *Node) consensusLoop(ctx context.Context) {
 			if leaderCancel != nil {
 				n.reconcileVoters(ctx)
 			}
-			n.rememberPeers()
+			n.rememberPeers(time.Now())
 		case <-reconcile.C:
 			if leaderCancel != nil {
 				n.reconcileVoters(ctx)
@@ -262,6 +264,7 @@ func (n *Node) bootstrap(ctx context.Context) error {
 		servers, ok := n.founders(expect)
 		if !ok {
 			last = nil
+			n.whyNotFounding(expect, servers)
 			continue
 		}
 		// Settle: the same list on two consecutive looks.
@@ -274,9 +277,32 @@ func (n *Node) bootstrap(ctx context.Context) error {
 	}
 }
 
+// whyNotFounding warns, once per distinct set, when more members than
+// expected are candidates: none of them will ever bootstrap (any one of them
+// might otherwise found a cluster the others never join), and the operator
+// has to stop the extra ones or start them with another expectation.
+func (n *Node) whyNotFounding(expect int, candidates []consensus.Server) {
+	if len(candidates) <= expect {
+		n.tooMany = ""
+		return
+	}
+	names := make([]string, len(candidates))
+	for i, c := range candidates {
+		names[i] = c.ID
+	}
+	key := strings.Join(names, ",")
+	if key == n.tooMany {
+		return
+	}
+	n.tooMany = key
+	n.log.Warn(fmt.Sprintf("%d members advertise -bootstrap-expect %d and none is in a raft cluster yet, so none bootstraps: start exactly %d with that expectation, or give the extra ones -bootstrap-expect 0 to be added by the leader",
+		len(candidates), expect, expect), "candidates", key)
+}
+
 // founders returns the bootstrap list when exactly expect alive members
 // advertise a raft address and the same expectation, none is in a cluster
-// already, and this node is one of them.
+// already, and this node is one of them. When that fails because more
+// members qualify, it returns them with false.
 func (n *Node) founders(expect int) ([]consensus.Server, bool) {
 	var out []consensus.Server
 	self := false
@@ -294,6 +320,10 @@ func (n *Node) founders(expect int) ([]consensus.Server, bool) {
 			self = true
 		}
 		out = append(out, consensus.Server{ID: m.Name, Address: m.Meta[metaRaft], Voter: true})
+	}
+	if len(out) > expect {
+		sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+		return out, false
 	}
 	if len(out) != expect || !self {
 		return nil, false
@@ -611,36 +641,40 @@ func (n *Node) WaitApplied(ctx context.Context, idx uint64) error {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		behind := n.behind(idx)
-		if len(behind) == 0 {
+		lagging, unheard := n.behind(idx)
+		if len(lagging) == 0 {
+			// Waiting on servers nobody can hear would only make every
+			// write with a node down take the whole bound: say so now.
+			if len(unheard) > 0 {
+				return fmt.Errorf("not confirmed applied on %s: cannot be heard from", strings.Join(unheard, ", "))
+			}
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("not confirmed applied on %s: %w", strings.Join(behind, ", "), ctx.Err())
+			return fmt.Errorf("not confirmed applied on %s: %w", strings.Join(append(lagging, unheard...), ", "), ctx.Err())
 		case <-tick.C:
 		}
 	}
 }
 
-// behind lists the raft servers not known to have applied idx: those whose
-// advertised applied index is below it, and those this node cannot hear
-// (suspect, dead, left or unknown to gossip), which may well be proxying
-// on an older config: a node cut off is exactly the one an operator asking
-// "applied everywhere?" needs to hear about.
-func (n *Node) behind(idx uint64) []string {
+// behind lists the raft servers not known to have applied idx: lagging,
+// those whose advertised applied index is below it, and unheard, those this
+// node cannot hear (suspect, dead, left or unknown to gossip), which may
+// well be proxying on an older config: a node cut off is exactly the one an
+// operator asking "applied everywhere?" needs to hear about.
+func (n *Node) behind(idx uint64) (lagging, unheard []string) {
 	if n.gossip == nil {
-		return nil
+		return nil, nil
 	}
 	servers, err := n.store.Servers()
 	if err != nil {
-		return []string{"(raft configuration unavailable)"}
+		return []string{"(raft configuration unavailable)"}, nil
 	}
 	members := make(map[string]gossip.Member)
 	for _, m := range n.gossip.Members() {
 		members[m.Name] = m
 	}
-	var out []string
 	for _, s := range servers {
 		if s.ID == n.cfg.Name {
 			continue
@@ -648,15 +682,15 @@ func (n *Node) behind(idx uint64) []string {
 		m, ok := members[s.ID]
 		switch {
 		case !ok:
-			out = append(out, s.ID+" (not in gossip)")
+			unheard = append(unheard, s.ID+" (not in gossip)")
 		case m.State != gossip.StateAlive:
-			out = append(out, s.ID+" ("+m.State+")")
+			unheard = append(unheard, s.ID+" ("+m.State+")")
 		default:
 			applied, _ := strconv.ParseUint(m.Meta[metaApplied], 10, 64)
 			if applied < idx {
-				out = append(out, fmt.Sprintf("%s (at %d)", s.ID, applied))
+				lagging = append(lagging, fmt.Sprintf("%s (at %d)", s.ID, applied))
 			}
 		}
 	}
-	return out
+	return lagging, unheard
 }

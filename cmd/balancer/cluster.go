@@ -185,6 +185,9 @@ func runWeightsSet(ctx context.Context, args []string, stdout, stderr io.Writer)
 			fmt.Fprint(stdout, "; applied on every node")
 		} else {
 			fmt.Fprint(stdout, "; NOT yet applied on every node")
+			if res.WaitError != "" {
+				fmt.Fprintf(stdout, "\n  %s", res.WaitError)
+			}
 		}
 	}
 	fmt.Fprintln(stdout)

@@ -40,7 +40,9 @@ func TestProcFounderRestartedWithoutJoinFindsItsCluster(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		var doc struct{ Members map[string]string }
+		var doc struct {
+			Members map[string]struct{ Addr string }
+		}
 		if err := json.Unmarshal(b, &doc); err != nil {
 			return err
 		}

@@ -273,7 +273,7 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request, cmd consensus.Comman
 		everywhere := err == nil
 		ans.AppliedEverywhere = &everywhere
 		if err != nil {
-			ans.WaitError = fmt.Sprintf("index %d is committed, but not every raft server confirmed applying it within %s: %v", res.Index, opts.timeout, err)
+			ans.WaitError = fmt.Sprintf("index %d is committed, but not every raft server confirmed applying it (waited up to %s): %v", res.Index, opts.timeout, err)
 		}
 	}
 	w.Header().Set(headerConfigIndex, strconv.FormatUint(res.Index, 10))
