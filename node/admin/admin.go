@@ -188,7 +188,7 @@ type Sources struct {
 // with ?wait=applied[&timeout=10s]); If-Match: INDEX makes it conditional.
 // Config answers and write answers carry X-Config-Index.
 func NewHandler(s Sources) http.Handler {
-	a := &api{s: s, fwd: newForwardClient(s.ForwardTLS)}
+	a := &api{s: s, fwd: newForwardClient(s.ForwardTLS), polls: make(chan struct{}, maxLongPolls)}
 	if s.Token != "" {
 		a.tokenSum = sha256.Sum256([]byte(s.Token))
 	}

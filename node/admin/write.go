@@ -58,7 +58,15 @@ type api struct {
 	tokenSum [32]byte // sha256 of s.Token; unused when s.Token == ""
 	fwd      *http.Client
 	status   statusCache
+	polls    chan struct{} // one slot per long poll waiting, maxLongPolls
 }
+
+// maxLongPolls bounds the long polls one node holds at once. Reads need no
+// token, and each poll holds a connection for up to maxPollWait: without a
+// bound of their own, polls alone could take every admin connection the
+// listener allows, and forwarded writes, peers' status requests and
+// readiness probes would queue behind them.
+const maxLongPolls = 64
 
 // newForwardClient returns the client a follower forwards writes with. It
 // never follows redirects: the leader's answer is relayed as it is. Each
@@ -183,6 +191,14 @@ func (a *api) getConfig(w http.ResponseWriter, r *http.Request) {
 	}
 	if cfg := a.s.Config.Config(); cfg.Index > after || after == ^uint64(0) {
 		writeConfig(w, cfg)
+		return
+	}
+	select {
+	case a.polls <- struct{}{}:
+		defer func() { <-a.polls }()
+	default:
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusTooManyRequests, fmt.Sprintf("%d long polls are already waiting on %s; retry in a second, or poll another node", maxLongPolls, a.s.Node))
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), wait)
