@@ -2,9 +2,10 @@ package gossip
 
 import (
 	"fmt"
-	"github.com/thebalancer/balancer/internal/testutil"
 	"testing"
 	"time"
+
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 // A node restarted without -join finds its cluster through the members it

@@ -3,13 +3,13 @@ package node
 import (
 	"crypto/tls"
 	"errors"
-	"github.com/thebalancer/balancer/proxy"
 	"net"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/thebalancer/balancer/gossip"
+	"github.com/thebalancer/balancer/proxy"
 
 	"github.com/thebalancer/balancer/node/admin"
 )

@@ -2,12 +2,12 @@ package node
 
 import (
 	"context"
-	"github.com/thebalancer/balancer/consensus"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/thebalancer/balancer/consensus"
 	"github.com/thebalancer/balancer/gossip"
 	"github.com/thebalancer/balancer/internal/testutil"
 	"github.com/thebalancer/balancer/node/admin"

@@ -2,7 +2,6 @@ package node
 
 import (
 	"fmt"
-	"github.com/thebalancer/balancer/internal/testutil"
 	"log/slog"
 	"slices"
 	"strings"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/thebalancer/balancer/consensus/consultest"
 	"github.com/thebalancer/balancer/consensus/seed"
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 // lineLog records every log line a node writes, attributes included.

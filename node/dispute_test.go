@@ -2,7 +2,6 @@ package node
 
 import (
 	"fmt"
-	"github.com/thebalancer/balancer/internal/testutil"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/thebalancer/balancer/breaker"
 	"github.com/thebalancer/balancer/gossip"
+	"github.com/thebalancer/balancer/internal/testutil"
 	"github.com/thebalancer/balancer/proxy"
 	"github.com/thebalancer/balancer/proxy/pick"
 )

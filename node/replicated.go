@@ -21,8 +21,9 @@ import (
 // duties of the leader (seeding, voter membership, Consul sync).
 //
 // Bootstrap. A node with raft state never bootstraps again. A lone node (no
-// -gossip) and -bootstrap-expect 1 bootstrap a single-voter cluster of
-// themselves. With -bootstrap-expect N > 1 a node waits until gossip shows N
+// -gossip) and -bootstrap-expect 1 without -join bootstrap a single-voter
+// cluster of themselves; with -join, a node first joins and then follows
+// the rule for N. With -bootstrap-expect N a node waits until gossip shows N
 // alive members that all advertise the same expectation and none of which
 // already belongs to a raft cluster; then every one of those N founders
 // bootstraps with the identical list (the N members sorted by name), which

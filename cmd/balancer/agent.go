@@ -87,7 +87,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&cfg.Raft.Advertise, "raft-advertise", "", "raft `HOST:PORT` peers dial, when -raft binds 0.0.0.0 or sits behind NAT (default: the -raft address)")
 	raftTimeout := fs.Duration("raft-timeout", cfg.Raft.HeartbeatTimeout, "raft heartbeat and election timeout: how long followers wait for a dead leader before electing (fail-over takes about 2x this)")
 	fs.DurationVar(&cfg.ReapAfter, "raft-reap-after", 10*time.Minute, "remove a raft server whose node has been dead this long, if 3 voters remain (a node lost for good stops counting towards quorum once a replacement joins); 0: never")
-	fs.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "form a new raft cluster once this many servers (`N`) are known by gossip; 1 = this node alone; 0 with -join = wait to be added")
+	fs.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "form a new raft cluster once this many servers (`N`) are known by gossip and none is in a cluster yet; 1 = this node alone (with -join: unless the join finds a cluster, which then adds it); 0 with -join = wait to be added")
 	fs.StringVar(&cfg.AdminToken, "admin-token", os.Getenv("BALANCER_ADMIN_TOKEN"), "require this bearer `token` on admin API writes (env BALANCER_ADMIN_TOKEN)")
 	fs.StringVar(&cfg.TLS.Cert, "tls-cert", "", "serve the admin API over HTTPS (TLS 1.3) with this certificate (`PEM file`); followers also show it when forwarding writes")
 	fs.StringVar(&cfg.TLS.Key, "tls-key", "", "private key (`PEM file`) of -tls-cert")

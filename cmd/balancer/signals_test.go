@@ -3,13 +3,14 @@ package main
 import (
 	"context"
 	"errors"
-	"github.com/thebalancer/balancer/internal/testutil"
 	"net/http"
 	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 func readyz(a *agent) int {

@@ -3,7 +3,6 @@ package seed_test
 import (
 	"context"
 	"fmt"
-	"github.com/thebalancer/balancer/internal/testutil"
 	"log/slog"
 	"slices"
 	"strings"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/thebalancer/balancer/consensus/consultest"
 	"github.com/thebalancer/balancer/consensus/seed"
+	"github.com/thebalancer/balancer/internal/testutil"
 )
 
 // recorded keeps each record's message with its attributes, so a test can
