@@ -95,7 +95,7 @@ func (o Options) Validate() error {
 		return fmt.Errorf("-data-dir: required (raft log, stable store and snapshots live there)")
 	}
 	if o.TLS != nil {
-		if err := checkTLS(o.TLS); err != nil {
+		if err := checkNodeTLS(o.TLS); err != nil {
 			return err
 		}
 	}

@@ -153,6 +153,17 @@ func TestSetTLSRefusesAndKeeps(t *testing.T) {
 		t.Errorf("served serial %v after refused changes, want the first certificate's %v", got, serialOf(t, cert))
 	}
 
+	// The same rule holds at start: a node whose own certificate peers
+	// would refuse does not start, rather than fail every connection.
+	bad := testOptions(t, "n2", t.TempDir(), testLogger(t))
+	bad.TLS = &tls.Config{Certificates: []tls.Certificate{pairOf(t, dir, "client")}, RootCAs: pool, ClientCAs: pool}
+	if st, err := Open(bad); err == nil || !strings.Contains(err.Error(), "not a node certificate") {
+		if st != nil {
+			st.Close()
+		}
+		t.Errorf("Open with a client-only raft certificate = %v, want it refused", err)
+	}
+
 	plain := openStore(t, testOptions(t, "p", t.TempDir(), testLogger(t)))
 	if err := plain.SetTLS(o.TLS); !errors.Is(err, ErrNoTLS) {
 		t.Errorf("SetTLS on a plain-TCP store = %v, want ErrNoTLS", err)

@@ -329,6 +329,16 @@ func awaitRefusal(c net.Conn, wait time.Duration) error {
 // setting, a cfg that checkTLS refuses or whose certificate is no node
 // certificate: peers would refuse every new connection from this node.
 func (s *tlsStream) setConfig(cfg *tls.Config) error {
+	if err := checkNodeTLS(cfg); err != nil {
+		return err
+	}
+	s.cfgs.Store(newStreamConfigs(cfg))
+	return nil
+}
+
+// checkNodeTLS is checkTLS plus the certificate's usages: a certificate
+// without both server and client auth is one every peer would refuse.
+func checkNodeTLS(cfg *tls.Config) error {
 	if err := checkTLS(cfg); err != nil {
 		return err
 	}
@@ -347,7 +357,6 @@ func (s *tlsStream) setConfig(cfg *tls.Config) error {
 			return fmt.Errorf("-raft-tls-cert: certificate %q is not a node certificate: %w", leaf.Subject.CommonName, err)
 		}
 	}
-	s.cfgs.Store(newStreamConfigs(cfg))
 	return nil
 }
 
