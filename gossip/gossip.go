@@ -919,11 +919,32 @@ func (g *Gossip) sendRound() uint64 {
 }
 
 // sendBye tells every alive peer that this node is leaving, so they drop
-// its report at once and list it as left rather than dead.
+// its report at once and list it as left rather than dead. The bye alone
+// tells a leave from a crash, and one lost UDP packet would make a peer
+// take a graceful stop for a failure (raft keeps the server until it is
+// reaped), so it goes twice: as a packet, at once, and over memberlist's
+// TCP stream, waiting at most half of LeaveTimeout for the slowest peer.
 func (g *Gossip) sendBye() {
 	msg := encodeBye(g.cfg.Name, g.seq.Add(1))
-	for _, n := range g.targets() {
+	targets := g.targets()
+	for _, n := range targets {
 		g.send(&n, msg)
+	}
+	var wg sync.WaitGroup
+	for _, n := range targets {
+		wg.Go(func() {
+			if err := g.ml.SendReliable(&n, msg); err != nil {
+				g.log.Debug("gossip bye over TCP failed; the packet may have arrived", "to", n.Name, "err", err)
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTimer(g.cfg.LeaveTimeout / 2)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
 	}
 }
 
