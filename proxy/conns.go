@@ -301,8 +301,9 @@ func (t *backendTransport) exchange(bc *backendConn, req *http.Request, body *re
 		return t.fail(bc, req, body, w, stop, timeoutErr(err, "read response headers"))
 	}
 	bc.readLimit = math.MaxInt64
-	// The body may stream for as long as it likes; the client's context
-	// (and its idle timeout) still bound it.
+	// The body may stream for as long as it likes, as long as it moves:
+	// pooledBody bounds the backend's silence, the client's idle timeout
+	// a client that stops reading.
 	sentFirst := true
 	if w != nil {
 		sentFirst = w.headersArrived()
@@ -334,7 +335,7 @@ func (t *backendTransport) exchange(bc *backendConn, req *http.Request, body *re
 		release(bc, w, stop, reusable)
 		return resp, false, nil
 	}
-	resp.Body = &pooledBody{bc: bc, w: w, body: resp.Body, stop: stop, reusable: reusable}
+	resp.Body = &pooledBody{bc: bc, w: w, body: resp.Body, stop: stop, reusable: reusable, idle: t.tunnelIdle}
 	return resp, false, nil
 }
 
@@ -424,6 +425,9 @@ func release(bc *backendConn, w *bodyWriter, stop func() bool, reusable bool) {
 	}
 	if reusable && bc.br.Buffered() == 0 {
 		bc.ctx = nil
+		// The body's idle bound must not follow the connection into the
+		// pool: the next exchange sets its own deadlines.
+		_ = bc.c.SetReadDeadline(time.Time{})
 		bc.pool.put(bc)
 		return
 	}
@@ -606,7 +610,10 @@ func asciiEqualFold(a, b string) bool {
 }
 
 // pooledBody returns the connection to the pool once the body has been read
-// to its end, and closes it if the reader gives up early.
+// to its end, and closes it if the reader gives up early. A backend that
+// sends nothing of the body for idle fails the read: without it, one that
+// stalls after its headers would hold the client, the connection and the
+// in-flight slot for ever.
 type pooledBody struct {
 	bc       *backendConn
 	w        *bodyWriter // nil for a request without a body
@@ -615,9 +622,17 @@ type pooledBody struct {
 	reusable bool
 	eof      bool
 	closed   atomic.Bool
+	idle     time.Duration // 0: no bound
+	moved    time.Time     // when the read deadline last moved; the reader's alone
 }
 
 func (b *pooledBody) Read(p []byte) (int, error) {
+	if b.idle > 0 {
+		if now := time.Now(); now.Sub(b.moved) >= b.idle/deadlineSteps {
+			b.moved = now
+			b.bc.setReadDeadline(now.Add(b.idle))
+		}
+	}
 	n, err := b.body.Read(p)
 	if err == io.EOF {
 		b.eof = true

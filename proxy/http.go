@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,6 +50,11 @@ func newHTTPForwarder(p *Proxy) *httpForwarder {
 				pr.Out.Header["X-Forwarded-For"] = xff
 			}
 			pr.SetXForwarded()
+			// ReverseProxy drops query parameters it cannot parse (and
+			// re-encodes the rest) unless the raw query is put back: the
+			// backend must see the bytes the client sent, or a filter in
+			// front and the backend read different parameters.
+			pr.Out.URL.RawQuery = pr.In.URL.RawQuery
 			pr.Out.URL.Scheme = "http"
 			// The host is chosen per attempt in RoundTrip; Out.Host keeps
 			// the client's Host header, as backends behind a balancer expect.
@@ -71,6 +77,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f := p.http
 	if f == nil {
 		http.Error(w, "proxy is in tcp mode", http.StatusInternalServerError)
+		return
+	}
+	// A balancer in front of web backends is no forward proxy: a CONNECT
+	// passed on would let a backend's 200 read as an open tunnel, and a
+	// PRI line is HTTP/2's preface sent to an HTTP/1.1 port.
+	if r.Method == http.MethodConnect || r.Method == "PRI" {
+		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+		WriteJSONError(w, http.StatusMethodNotAllowed, r.Method+" is not proxied")
 		return
 	}
 	cw, _ := f.writers.Get().(*clientWriter)
@@ -113,11 +127,41 @@ func (cw *clientWriter) start(w http.ResponseWriter, idle time.Duration) {
 }
 
 func (cw *clientWriter) Write(p []byte) (int, error) {
+	cw.progress()
+	return cw.ResponseWriter.Write(p)
+}
+
+// WriteHeader moves the deadline too: an answer without a body (204, 304,
+// HEAD, a redirect) is never written through Write, and its headers go out
+// when the handler returns, which after an exchange longer than the idle
+// timeout would be past a deadline set at the start.
+func (cw *clientWriter) WriteHeader(code int) {
+	cw.progress()
+	// net/http would sniff a Content-Type for an answer without one; a
+	// backend that leaves it out on purpose (user uploads) must not have
+	// text/html invented for it.
+	if h := cw.Header(); h != nil {
+		if _, ok := h["Content-Type"]; !ok {
+			h["Content-Type"] = nil
+		}
+	}
+	cw.ResponseWriter.WriteHeader(code)
+}
+
+// FlushError is what http.ResponseController calls to flush; ReverseProxy
+// flushes streamed answers this way.
+func (cw *clientWriter) FlushError() error {
+	cw.progress()
+	return cw.ctl.Flush()
+}
+
+// progress moves the write deadline forward, at most every
+// idle/deadlineSteps.
+func (cw *clientWriter) progress() {
 	if now := time.Now(); now.Sub(cw.moved) >= cw.idle/deadlineSteps {
 		cw.moved = now
 		_ = cw.ctl.SetWriteDeadline(now.Add(cw.idle))
 	}
-	return cw.ResponseWriter.Write(p)
 }
 
 // Unwrap lets http.ResponseController reach Flush and the deadlines.
@@ -135,14 +179,34 @@ func (cw *clientWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return c, brw, err
 	}
 	_ = c.SetDeadline(time.Time{})
-	return &stallConn{Conn: c, stall: cw.idle}, brw, nil
+	sc := &stallConn{Conn: c, stall: cw.idle}
+	// ReverseProxy copies the client's side of the tunnel from the
+	// connection itself; bytes the client sent right behind its upgrade
+	// request already sit in the server's buffer and would be lost.
+	if n := brw.Reader.Buffered(); n > 0 {
+		sc.early, _ = brw.Reader.Peek(n)
+		sc.early = append([]byte(nil), sc.early...)
+		_, _ = brw.Reader.Discard(n)
+	}
+	return sc, brw, nil
 }
 
 // stallConn bounds each write by stall: a peer that takes none of it for
-// that long fails the write.
+// that long fails the write. Reads return early first: what the client
+// sent before the tunnel was up.
 type stallConn struct {
 	net.Conn
 	stall time.Duration
+	early []byte // the tunnel's one reader's alone
+}
+
+func (c *stallConn) Read(p []byte) (int, error) {
+	if len(c.early) > 0 {
+		n := copy(p, c.early)
+		c.early = c.early[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
 }
 
 // CloseWrite passes a half-close on: ReverseProxy ends the client's side of
@@ -385,18 +449,25 @@ func (f *httpForwarder) writeError(w http.ResponseWriter, r *http.Request, err e
 		// The client is gone; nobody reads an answer.
 		return
 	}
-	status := http.StatusBadGateway
+	// Clients get the kind of failure, not its detail: backend addresses,
+	// this node's ports and what a backend sent stay in the log.
+	status, msg := http.StatusBadGateway, "the backend failed to answer"
 	var ne net.Error
 	switch {
 	case errors.Is(err, errClientBody):
-		status = http.StatusBadRequest
+		status, msg = http.StatusBadRequest, "the client request body could not be read"
 	case errors.Is(err, ErrNoBackend):
-		status = http.StatusServiceUnavailable
+		status, msg = http.StatusServiceUnavailable, err.Error()
+		if i := strings.Index(msg, " (last: "); i >= 0 {
+			msg = msg[:i] // the last attempt's error names addresses
+		}
+		w.Header().Set("Retry-After", "1")
 		f.p.rejected.Add(1)
 	case errors.As(err, &ne) && ne.Timeout():
-		status = http.StatusGatewayTimeout
+		status, msg = http.StatusGatewayTimeout, "the backend did not answer in time"
 	}
-	WriteJSONError(w, status, err.Error())
+	f.p.log.Debug("proxied request failed", "status", status, "method", r.Method, "path", r.URL.Path, "err", err)
+	WriteJSONError(w, status, msg)
 }
 
 // WriteJSONError writes {"error": msg} with the given status. The admin API

@@ -228,7 +228,7 @@ func TestHTTPNoBackendIs503WithJSONReason(t *testing.T) {
 		{"all drained", []Route{{Backend: Backend{ID: "a", Address: "127.0.0.1:1", Weight: 1, Drain: true}}}, "drained"},
 		{"weight zero", []Route{{Backend: Backend{ID: "a", Address: "127.0.0.1:1", Weight: 0}}}, "weight 0"},
 		{"all open", []Route{{Backend: Backend{ID: "a", Address: "127.0.0.1:1", Weight: 1}, Down: true}}, "circuit is open"},
-		{"all unreachable", []Route{route("a", testutil.FreeAddr(t)), route("b", testutil.FreeAddr(t))}, "connection refused"},
+		{"all unreachable", []Route{route("a", testutil.FreeAddr(t)), route("b", testutil.FreeAddr(t))}, "every backend tried failed or refused"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -243,6 +243,13 @@ func TestHTTPNoBackendIs503WithJSONReason(t *testing.T) {
 			var e struct{ Error string }
 			if err := json.Unmarshal([]byte(body), &e); err != nil || !strings.Contains(e.Error, tc.reason) {
 				t.Fatalf("body %s: want a JSON error naming %q", body, tc.reason)
+			}
+			// The reason, not the detail: backend addresses stay in the log.
+			if strings.Contains(e.Error, "127.0.0.1") {
+				t.Errorf("body %s names a backend address", body)
+			}
+			if h.Get("Retry-After") == "" {
+				t.Error("a 503 without Retry-After")
 			}
 			if p.Rejected() != 1 {
 				t.Errorf("rejected = %d, want 1", p.Rejected())

@@ -101,7 +101,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&cfg.Proxy.DialTimeout, "dial-timeout", cfg.Proxy.DialTimeout, "bound on connecting to a backend; a failed connect is retried on another backend")
 	fs.DurationVar(&cfg.Proxy.ResponseTimeout, "response-timeout", cfg.Proxy.ResponseTimeout, "bound on waiting for a backend's response headers (http mode); then 504")
 	fs.DurationVar(&cfg.Proxy.ClientIdleTimeout, "client-idle-timeout", cfg.Proxy.ClientIdleTimeout, "http mode: cut off a client that sends or reads nothing for this long while its request or answer is in transfer")
-	fs.DurationVar(&cfg.Proxy.IdleTimeout, "idle-timeout", cfg.Proxy.IdleTimeout, "close a tcp-mode connection, or an upgraded http one (WebSocket), after this long with no bytes either way")
+	fs.DurationVar(&cfg.Proxy.IdleTimeout, "idle-timeout", cfg.Proxy.IdleTimeout, "close a tcp-mode connection, or an upgraded http one (WebSocket), after this long with no bytes either way; also ends a response whose backend sends no body bytes for this long")
 	fs.DurationVar(&cfg.Proxy.HeaderTimeout, "header-timeout", cfg.Proxy.HeaderTimeout, "http mode: close a client connection whose request headers take longer than this to arrive")
 	fs.DurationVar(&cfg.Proxy.KeepAliveTimeout, "keepalive-timeout", cfg.Proxy.KeepAliveTimeout, "http mode: close a client's keep-alive connection after this long idle between requests")
 	fs.IntVar(&cfg.Proxy.MaxConns, "max-conns", cfg.Proxy.MaxConns, "most client connections (`N`) open at once; more are refused (http: 503 with Connection: close; tcp: closed) and counted in balancer_client_connections_refused_total; 0: no limit. The default is 10000, or (open-file limit - 512)/2 when that is lower")
