@@ -2,6 +2,8 @@ package consensus
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +22,12 @@ const (
 	OpDelete    Op = "delete"
 	OpSeed      Op = "seed"
 	OpSync      Op = "sync"
+	// OpSetClusterID names the raft cluster once (see SetClusterID). A node
+	// built before it refuses the entry like any command it cannot decode:
+	// the FSM returns ErrInvalid for it, counts it as rejected and changes
+	// nothing, so a mixed-version cluster keeps running without the ID on
+	// the older nodes.
+	OpSetClusterID Op = "set_cluster_id"
 )
 
 // Command is one change to the replicated config. Build it with a
@@ -35,6 +43,7 @@ const (
 //	delete      ID
 //	seed        Backends (each with its Source)
 //	sync        Source, Backends
+//	set_cluster_id  ClusterID
 //
 // IfIndex may be set on every command.
 type Command struct {
@@ -49,6 +58,10 @@ type Command struct {
 	Drain    bool      `json:"drain,omitempty"`
 	Source   string    `json:"source,omitempty"`
 	Backends []Backend `json:"backends,omitempty"`
+	// ClusterID is only for OpSetClusterID. A new field rather than ID:
+	// older nodes decode with unknown fields disallowed, so they refuse the
+	// command outright instead of misreading it as a backend ID.
+	ClusterID string `json:"cluster_id,omitempty"`
 }
 
 // Upsert creates or replaces a backend (PUT /v1/backends/{id}). A new backend
@@ -93,6 +106,35 @@ func Seed(backends []Backend) Command { return Command{Op: OpSeed, Backends: bac
 // skipped. Input backends' Source must be empty or equal source.
 func Sync(source string, backends []Backend) Command {
 	return Command{Op: OpSync, Source: source, Backends: backends}
+}
+
+// SetClusterID names the raft cluster: id (NewClusterID) becomes the
+// cluster ID if none is set yet; otherwise it is a successful no-op, so
+// concurrent proposals by successive leaders agree on the first committed
+// one, as with Seed. The ID never changes the backend config: Config.Index
+// stays, and Result.Changed reports whether the ID was set.
+func SetClusterID(id string) Command { return Command{Op: OpSetClusterID, ClusterID: id} }
+
+// ClusterIDLen is the length of a cluster ID: 128 random bits in hex.
+const ClusterIDLen = 32
+
+// NewClusterID returns a random 128-bit cluster ID in lowercase hex.
+func NewClusterID() string {
+	var b [ClusterIDLen / 2]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+): it crashes the program instead
+	return hex.EncodeToString(b[:])
+}
+
+func validClusterID(id string) bool {
+	if len(id) != ClusterIDLen {
+		return false
+	}
+	for _, c := range []byte(id) {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // If returns a copy of c that is applied only if the config index is still
@@ -157,7 +199,7 @@ func DecodeCommand(b []byte) (Command, error) {
 // for every committed command. It does not look at the current config.
 func Validate(c Command) error {
 	// The fields each op uses; any other non-zero field is an error.
-	var uses struct{ id, address, weight, drain, source, backends bool }
+	var uses struct{ id, address, weight, drain, source, backends, clusterID bool }
 	switch c.Op {
 	case OpUpsert:
 		uses.id, uses.address, uses.weight, uses.drain = true, true, true, true
@@ -171,6 +213,8 @@ func Validate(c Command) error {
 		uses.backends = true
 	case OpSync:
 		uses.source, uses.backends = true, true
+	case OpSetClusterID:
+		uses.clusterID = true
 	case "":
 		return invalidf("op is missing")
 	default:
@@ -186,6 +230,7 @@ func Validate(c Command) error {
 		{"drain", c.Drain, uses.drain},
 		{"source", c.Source != "", uses.source},
 		{"backends", c.Backends != nil, uses.backends},
+		{"cluster_id", c.ClusterID != "", uses.clusterID},
 	} {
 		if f.set && !f.used {
 			return invalidf("field %s is not used by op %s", f.name, c.Op)
@@ -212,6 +257,10 @@ func Validate(c Command) error {
 		return validateWeight("weight", *c.Weight)
 	case OpSeed:
 		return validateSet(c.Backends, "")
+	case OpSetClusterID:
+		if !validClusterID(c.ClusterID) {
+			return invalidf("cluster_id %.40q: want %d lowercase hex digits", c.ClusterID, ClusterIDLen)
+		}
 	case OpSync:
 		if c.Source != SourceStatic && c.Source != SourceConsul {
 			return invalidf("source %.32q: want %q or %q", c.Source, SourceStatic, SourceConsul)

@@ -18,6 +18,9 @@
 //   - Config.Index is the raft log index of the last command that changed the
 //     config. Commands that change nothing (a Seed of a non-empty config, a
 //     Sync with nothing new) leave it alone, so long-polls wake only on change.
+//   - The cluster ID (SetClusterID, Store.ClusterID) is set by the first
+//     committed OpSetClusterID and never changes after; it is kept in
+//     snapshots, so a restarted node knows it before it reaches a quorum.
 //   - A Store bootstraps at most once: Bootstrap and BootstrapSelf are no-ops
 //     on a node that has raft state (see HasState).
 //

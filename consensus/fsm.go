@@ -119,10 +119,12 @@ type applyResult struct {
 	Err     error
 }
 
-// state is one published config plus the channel closed when it is replaced.
+// state is one published config and cluster ID, plus the channel closed
+// when it is replaced.
 type state struct {
-	cfg  Config        // immutable
-	next chan struct{} // closed when a newer state is published
+	cfg       Config        // immutable
+	clusterID string        // "" until an OpSetClusterID is applied
+	next      chan struct{} // closed when a newer state is published
 }
 
 // fsm is the raft.FSM. raft calls Apply, Snapshot and Restore from its single
@@ -151,10 +153,16 @@ func newFSM() *fsm {
 
 func (f *fsm) config() Config { return f.cur.Load().cfg }
 
-// publish replaces the state, wakes waiters and signals subscribers without
-// blocking. Called only from raft's FSM goroutine (or before raft starts).
-func (f *fsm) publish(cfg Config) {
-	old := f.cur.Swap(&state{cfg: cfg, next: make(chan struct{})})
+func (f *fsm) clusterID() string { return f.cur.Load().clusterID }
+
+// publish replaces the config, keeping the cluster ID.
+func (f *fsm) publish(cfg Config) { f.publishState(cfg, f.clusterID()) }
+
+// publishState replaces the state, wakes waiters and signals subscribers
+// without blocking. Called only from raft's FSM goroutine (or before raft
+// starts).
+func (f *fsm) publishState(cfg Config, clusterID string) {
+	old := f.cur.Swap(&state{cfg: cfg, clusterID: clusterID, next: make(chan struct{})})
 	close(old.next)
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -206,6 +214,9 @@ func (f *fsm) Apply(l *raft.Log) any {
 		f.rejected.Add(1)
 		return applyResult{Index: cur.Index, Err: err}
 	}
+	if cmd.Op == OpSetClusterID {
+		return f.setClusterID(cur, cmd)
+	}
 	next, changed, err := cur.apply(cmd, l.Index)
 	if err != nil {
 		f.rejected.Add(1)
@@ -218,16 +229,41 @@ func (f *fsm) Apply(l *raft.Log) any {
 	return applyResult{Index: next.Index, Changed: changed}
 }
 
-// Snapshot captures the current config: the published Config is immutable,
-// so this copies a pointer and returns at once.
-func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
-	return snapshot{cfg: f.config()}, nil
+// setClusterID applies OpSetClusterID: the first one committed wins. It
+// publishes (and so signals subscribers, which snapshot) even though the
+// config is unchanged, so the ID reaches the node's gossip metadata and its
+// next snapshot at once.
+func (f *fsm) setClusterID(cur Config, cmd Command) applyResult {
+	if err := Validate(cmd); err != nil {
+		f.rejected.Add(1)
+		return applyResult{Index: cur.Index, Err: err}
+	}
+	if cmd.IfIndex != 0 && cmd.IfIndex != cur.Index {
+		f.rejected.Add(1)
+		return applyResult{Index: cur.Index, Err: fmt.Errorf("%w: config index is %d, the write expected %d", ErrConflict, cur.Index, cmd.IfIndex)}
+	}
+	if f.clusterID() != "" {
+		return applyResult{Index: cur.Index}
+	}
+	f.publishState(cur, cmd.ClusterID)
+	return applyResult{Index: cur.Index, Changed: true}
 }
 
-// snapshotDoc is the snapshot file format: JSON, versioned.
+// Snapshot captures the current config and cluster ID: the published state
+// is immutable, so this copies a pointer and returns at once.
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	st := f.cur.Load()
+	return snapshot{cfg: st.cfg, clusterID: st.clusterID}, nil
+}
+
+// snapshotDoc is the snapshot file format: JSON, versioned. ClusterID was
+// added without a version bump: it is optional, a snapshot without it (from
+// an older node) still loads, and an older node reading a newer snapshot
+// ignores the field (encoding/json skips unknown fields here).
 type snapshotDoc struct {
-	Version int    `json:"version"`
-	Config  Config `json:"config"`
+	Version   int    `json:"version"`
+	Config    Config `json:"config"`
+	ClusterID string `json:"cluster_id,omitempty"`
 }
 
 const snapshotV1 = 1
@@ -245,16 +281,31 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	cfg := doc.Config.clone()
 	sortBackends(cfg.Backends)
-	f.publish(cfg)
+	id := doc.ClusterID
+	switch {
+	case id != "" && !validClusterID(id):
+		return fmt.Errorf("snapshot cluster_id %.40q: want %d lowercase hex digits", id, ClusterIDLen)
+	case id == "":
+		// A snapshot from a node that predates cluster IDs (it refused
+		// OpSetClusterID) says nothing about the ID, and the ID this FSM
+		// holds can only be this cluster's first committed one, which
+		// never changes: keep it rather than forget it. At startup the
+		// FSM holds none, so this keeps nothing.
+		id = f.clusterID()
+	}
+	f.publishState(cfg, id)
 	return nil
 }
 
-type snapshot struct{ cfg Config }
+type snapshot struct {
+	cfg       Config
+	clusterID string
+}
 
 // Persist writes the snapshot as JSON. raft runs it concurrently with Apply;
 // it reads only the immutable Config it captured.
 func (s snapshot) Persist(sink raft.SnapshotSink) error {
-	if err := json.NewEncoder(sink).Encode(snapshotDoc{Version: snapshotV1, Config: s.cfg}); err != nil {
+	if err := json.NewEncoder(sink).Encode(snapshotDoc{Version: snapshotV1, Config: s.cfg, ClusterID: s.clusterID}); err != nil {
 		_ = sink.Cancel()
 		return fmt.Errorf("write snapshot: %w", err)
 	}

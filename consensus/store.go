@@ -456,6 +456,13 @@ func (s *Store) Snapshot(ctx context.Context) error {
 // keep and change. On a follower it may lag the leader by a heartbeat.
 func (s *Store) Config() Config { return s.fsm.config().clone() }
 
+// ClusterID returns the raft cluster's ID as applied on this node (see
+// SetClusterID), or "" while none is known: before the leader has named a
+// new cluster, on a node not yet in a cluster, or on a follower still
+// catching up. A restarted node has it from its snapshot. Once set it never
+// changes.
+func (s *Store) ClusterID() string { return s.fsm.clusterID() }
+
 // AppliedIndex returns Config().Index without copying the config.
 func (s *Store) AppliedIndex() uint64 { return s.fsm.config().Index }
 

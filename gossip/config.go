@@ -39,8 +39,18 @@ type Config struct {
 	// bytes (flag -gossip-key). Every member needs the same key.
 	Key []byte
 	// Meta holds small facts about the node (admin address, raft address)
-	// that peers see in Members. Encoded it must fit 512 bytes.
+	// that peers see in Members. Encoded it must fit 512 bytes. Put this
+	// node's cluster ID under MetaCluster once it has one (see Cluster).
 	Meta map[string]string
+	// Cluster returns this node's cluster ID, or "" while it has none. When
+	// it is set and returns an ID, a peer whose metadata names another
+	// non-empty ID under MetaCluster is refused: its alive messages are
+	// dropped, so it never becomes a member, and a join (ours or theirs)
+	// that would merge its member list fails. Peers that name no ID (a new
+	// node, an older version) are admitted. memberlist calls it under its
+	// node lock, for every alive message: it must return at once and must
+	// not call into this Gossip. Nil admits every peer.
+	Cluster func() string
 	// SendInterval is the coalescing period: local changes are sent at most
 	// this often (the first change after a quiet period goes at once).
 	SendInterval time.Duration

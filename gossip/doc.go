@@ -118,5 +118,11 @@
 // (default: at once) lets a node restarted under the same name at a new
 // address rejoin as soon as its old process is declared dead.
 //
+// Config.Cluster keeps two clusters from merging: a peer advertising
+// another cluster's ID under MetaCluster is refused by memberlist's
+// AliveDelegate (it never becomes a member) and MergeDelegate (a join that
+// would merge it fails, and the joining side's Join returns why); see
+// cluster.go for what memberlist v0.6.0 does with each refusal.
+//
 // memberlist's own log lines go to Config.Logger at their level.
 package gossip

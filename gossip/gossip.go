@@ -56,6 +56,7 @@ type Stats struct {
 	StaleIgnored     uint64 // messages with a seq older than the one already applied
 	Duplicates       uint64 // messages (or chunks) already applied or assembled
 	Rejected         uint64 // messages from this node's own name, or from too many unknown origins
+	OtherCluster     uint64 // alive messages and join merges refused: the peer names another cluster (Config.Cluster)
 	ReportsApplied   uint64 // complete reports that replaced a peer's previous one
 	ReportsExpired   uint64 // reports evicted for being older than ReportTTL
 	Incomplete       uint64 // partial reports dropped (superseded or timed out)
@@ -110,6 +111,10 @@ type Gossip struct {
 	conflicts atomic.Uint64 // name conflicts about us seen so far
 	probe     time.Duration // memberlist's ProbeInterval: paces re-joins
 
+	// refused holds "name\x00cluster" of the peers refused for naming
+	// another cluster, so each is warned about once.
+	refused map[string]bool // guarded by mu
+
 	noLeave      atomic.Bool  // tests: stop like a crash (no bye, no Leave)
 	joinAttempts atomic.Int32 // tests: join attempts made
 
@@ -136,6 +141,7 @@ type counters struct {
 	msgsRecv, bytesRecv, statesRecv              atomic.Uint64
 	decodeErrs, stale, dups, rejected            atomic.Uint64
 	applied, expired, incomplete, skippedEntries atomic.Uint64
+	otherCluster                                 atomic.Uint64
 }
 
 // nodeRec is everything known about one node name. Guarded by Gossip.mu.
@@ -208,6 +214,10 @@ func New(cfg Config) (*Gossip, error) {
 	mc.Delegate = d
 	mc.Events = d
 	mc.Conflict = d
+	if cfg.Cluster != nil {
+		mc.Merge = d
+		mc.Alive = d
+	}
 	g.forget = mc.GossipToTheDeadTime
 	g.probe = mc.ProbeInterval
 	ml, err := memberlist.Create(mc)
@@ -315,6 +325,11 @@ func (g *Gossip) join(ctx context.Context) error {
 			return nil
 		}
 		msg := flatten(err)
+		if strings.Contains(msg, otherCluster) {
+			// Retrying cannot help: a cluster's ID never changes.
+			return fmt.Errorf("-join %s: %s (a wrong -join, or the address now belongs to another cluster; give each cluster its own -gossip-key)",
+				strings.Join(g.cfg.Join, ","), msg)
+		}
 		hint := joinHint(msg, len(g.cfg.Key) > 0)
 		if time.Now().Add(backoff).After(deadline) {
 			return fmt.Errorf("-join %s: gave up after %v (%d attempts): %s%s",
@@ -818,6 +833,7 @@ func (g *Gossip) Stats() Stats {
 		StaleIgnored:     g.st.stale.Load(),
 		Duplicates:       g.st.dups.Load(),
 		Rejected:         g.st.rejected.Load(),
+		OtherCluster:     g.st.otherCluster.Load(),
 		ReportsApplied:   g.st.applied.Load(),
 		ReportsExpired:   g.st.expired.Load(),
 		Incomplete:       g.st.incomplete.Load(),

@@ -22,6 +22,11 @@ type slogWriter struct{ l *slog.Logger }
 // here is the handler's.
 func (w slogWriter) Write(p []byte) (int, error) {
 	level, msg := parseLevel(bytes.TrimRight(p, "\r\n"))
+	if bytes.Contains(msg, []byte(otherCluster)) {
+		// memberlist logs every alive message and merge the cluster check
+		// refuses; the check itself warns once per peer.
+		level = min(level, slog.LevelDebug)
+	}
 	ctx := context.Background()
 	if w.l.Enabled(ctx, level) {
 		msg = bytes.TrimPrefix(msg, []byte("memberlist: "))

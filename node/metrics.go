@@ -72,7 +72,7 @@ func newCollector(n *Node) *collector {
 		peers:     prometheus.NewDesc("balancer_gossip_peers", "Peers whose reports are in this node's view.", nil, nil),
 		gossipMsg: prometheus.NewDesc("balancer_gossip_messages_total", "Gossip report messages sent and received.", []string{"direction"}, nil),
 		gossipB:   prometheus.NewDesc("balancer_gossip_bytes_total", "Gossip report payload bytes sent and received.", []string{"direction"}, nil),
-		gossipBad: prometheus.NewDesc("balancer_gossip_dropped_total", "Gossip messages dropped: malformed, stale or rejected.", []string{"reason"}, nil),
+		gossipBad: prometheus.NewDesc("balancer_gossip_dropped_total", "Gossip messages dropped: malformed, stale, rejected, or from a member of another cluster (other_cluster).", []string{"reason"}, nil),
 		members:   prometheus.NewDesc("balancer_members", "Cluster members this node knows, by gossip state.", []string{"state"}, nil),
 		raftState: prometheus.NewDesc("balancer_raft_state", "This node's raft role: 1 for the current one.", []string{"state"}, nil),
 		raftTerm:  prometheus.NewDesc("balancer_raft_term", "This node's current raft term.", nil, nil),
@@ -199,6 +199,7 @@ func (c *collector) collectCluster(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.gossipBad, prometheus.CounterValue, float64(st.DecodeErrors), "malformed")
 		ch <- prometheus.MustNewConstMetric(c.gossipBad, prometheus.CounterValue, float64(st.StaleIgnored), "stale")
 		ch <- prometheus.MustNewConstMetric(c.gossipBad, prometheus.CounterValue, float64(st.Rejected), "rejected")
+		ch <- prometheus.MustNewConstMetric(c.gossipBad, prometheus.CounterValue, float64(st.OtherCluster), "other_cluster")
 	}
 }
 

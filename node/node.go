@@ -404,6 +404,7 @@ func New(cfg Config) (*Node, error) {
 		gc.Name = cfg.Name
 		gc.Logger = libLog.With("part", "gossip")
 		gc.Meta = n.meta()
+		gc.Cluster = n.store.ClusterID
 		known, err := loadPeers(cfg.DataDir, time.Now())
 		if err != nil {
 			log.Warn("cannot read the members remembered from the last run; only -join will find the cluster", "err", err)

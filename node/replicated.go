@@ -100,6 +100,9 @@ func (n *Node) consensusLoop(ctx context.Context) {
 				return
 			}
 			n.applyReplicated()
+			// The cluster ID arrives as a state change too, with no config
+			// index; advertise it at once rather than at the next tick.
+			n.advertise()
 			select {
 			case persist <- struct{}{}:
 			default:
@@ -203,6 +206,10 @@ func (n *Node) meta() map[string]string {
 	}
 	if has, _ := n.store.HasState(); has {
 		m[metaInRaft] = "1"
+	}
+	// Peers of other clusters refuse us by it, and we them (gossip.Config.Cluster).
+	if id := n.store.ClusterID(); id != "" {
+		m[gossip.MetaCluster] = id
 	}
 	m[metaApplied] = strconv.FormatUint(n.store.AppliedIndex(), 10)
 	return m
@@ -363,11 +370,29 @@ func (n *Node) lead(ctx context.Context) {
 		n.log.Warn("raft barrier after gaining leadership", "err", err)
 		return
 	}
+	n.nameCluster(ctx)
 	n.seedStatic(ctx)
 	n.reconcileVoters(ctx)
 	if n.consul != nil {
 		n.runConsul(ctx)
 	}
+}
+
+// nameCluster gives a raft cluster that has no ID one: the first leader
+// does (after the barrier, so it has applied any ID committed before it),
+// and a leader of a cluster formed by an older version does once upgraded.
+// Should two leaders race, the first ID committed wins on every node.
+func (n *Node) nameCluster(ctx context.Context) {
+	if n.store.ClusterID() != "" {
+		return
+	}
+	if _, err := n.store.Apply(ctx, consensus.SetClusterID(consensus.NewClusterID())); err != nil {
+		// The next leadership tries again; until then gossip admits peers
+		// of any cluster, as before cluster IDs existed.
+		n.log.Warn("cannot commit the cluster ID", "err", err)
+		return
+	}
+	n.log.Info("named the raft cluster", "cluster", n.store.ClusterID())
 }
 
 // seedStatic commits the -backend flags when nothing was ever committed.
@@ -410,10 +435,18 @@ func (n *Node) reconcileVoters(ctx context.Context) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	ours := n.store.ClusterID()
 	for _, m := range n.gossip.Members() {
 		addr := m.Meta[metaRaft]
-		switch {
+		switch theirs := m.Meta[gossip.MetaCluster]; {
 		case m.Name == n.cfg.Name || addr == "":
+		case ours != "" && theirs != "" && theirs != ours:
+			// Gossip refuses such members, but only from when this node
+			// knows its ID: one admitted before (it joined in the moment
+			// between our bootstrap and the leader naming the cluster)
+			// stays listed, as memberlist keeps a member its probes reach.
+			n.voterTrouble(m.Name, addr, "not adding raft voter: it belongs to another cluster",
+				fmt.Errorf("its cluster ID is %s, ours %s", theirs, ours))
 		case m.State == gossip.StateAlive && known[m.Name] != addr:
 			err := n.store.AddVoter(cctx, m.Name, addr)
 			if errors.Is(err, consensus.ErrPeerTLS) {
