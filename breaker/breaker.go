@@ -88,15 +88,23 @@ type Config struct {
 	// FlushInterval is how often outcomes go to hystrix and states are
 	// re-evaluated. It bounds how late a trip and a half-open are noticed.
 	FlushInterval time.Duration
+	// ConsecutiveFailures opens a circuit after this many failures in a row
+	// with no success between them, whatever the window holds (Envoy's
+	// consecutive-failure outlier detection); 0 turns it off. The volume
+	// rule alone can leave a dead backend's circuit closed for long: a
+	// balancer that steers away from a failing backend (p2c, retries on
+	// another one) gives it too few requests to reach MinRequests.
+	ConsecutiveFailures int
 }
 
 // DefaultConfig returns hystrix's own defaults and a 50ms flush interval.
 func DefaultConfig() Config {
 	return Config{
-		ErrorPercent:  50,
-		MinRequests:   20,
-		SleepWindow:   5 * time.Second,
-		FlushInterval: 50 * time.Millisecond,
+		ErrorPercent:        50,
+		MinRequests:         20,
+		SleepWindow:         5 * time.Second,
+		FlushInterval:       50 * time.Millisecond,
+		ConsecutiveFailures: 5,
 	}
 }
 
@@ -128,6 +136,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("-breaker-sleep %v: want at least %v", c.SleepWindow, minSleep)
 	case c.FlushInterval < time.Millisecond || c.FlushInterval > time.Second:
 		return fmt.Errorf("breaker flush interval %v: want 1ms..1s", c.FlushInterval)
+	case c.ConsecutiveFailures < 0 || c.ConsecutiveFailures > maxMinRequests:
+		return fmt.Errorf("-breaker-consecutive-failures %d: want 0 (off)..%d", c.ConsecutiveFailures, maxMinRequests)
 	}
 	return nil
 }
@@ -162,7 +172,8 @@ type Circuit struct {
 	// and parallel Dones don't keep evicting the word that Allow reads.
 	successes atomic.Int64
 	failures  atomic.Int64
-	_         [48]byte
+	streak    atomic.Int64 // failures since the last success
+	_         [40]byte
 
 	// openedAt is when the circuit last opened or its last trial ended
 	// (UnixNano); the sleep window counts from it.
@@ -216,8 +227,12 @@ func (c *Circuit) Done(trial, success bool) {
 	}
 	if success {
 		c.successes.Add(1)
+		if c.streak.Load() != 0 { // a load, not a store, on the common path
+			c.streak.Store(0)
+		}
 	} else {
 		c.failures.Add(1)
+		c.streak.Add(1)
 	}
 }
 
@@ -245,6 +260,7 @@ func (c *Circuit) endTrial(success, report bool) {
 		// old episode; don't let them into the fresh window.
 		c.successes.Store(0)
 		c.failures.Store(0)
+		c.streak.Store(0)
 		c.word.CompareAndSwap(out, uint32(Closed))
 		return
 	}
@@ -419,7 +435,13 @@ func (s *Set) flush(c *Circuit, now time.Time) {
 		// known to be closed here: a "success" reported to an open hystrix
 		// circuit would close it.
 		s.report(c, now)
-		if c.cb.IsOpen() { // trips lazily, from the metrics seen so far
+		streak := s.cfg.ConsecutiveFailures > 0 && c.streak.Load() >= int64(s.cfg.ConsecutiveFailures)
+		// hystrix trips lazily, from the metrics seen so far. A trip by the
+		// streak leaves hystrix's own circuit closed, which is harmless:
+		// half-open admits a single trial by the CAS on word, and a trial's
+		// success reported to a closed hystrix circuit changes nothing.
+		if streak || c.cb.IsOpen() {
+			c.streak.Store(0)
 			c.openedAt.Store(now.UnixNano())
 			if c.word.CompareAndSwap(uint32(Closed), uint32(Open)) {
 				s.notify(c, Open)
@@ -444,6 +466,7 @@ func (s *Set) flush(c *Circuit, now time.Time) {
 func (c *Circuit) drop() {
 	c.successes.Store(0)
 	c.failures.Store(0)
+	c.streak.Store(0)
 }
 
 // report hands the batched outcomes to hystrix, at most s.perFlush of them,

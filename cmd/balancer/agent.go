@@ -108,7 +108,8 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.Proxy.MaxTries, "max-tries", cfg.Proxy.MaxTries, fmt.Sprintf("backends one request may try when connects fail (1..%d)", pick.MaxTries))
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "on SIGINT/SIGTERM, how long in-flight requests may take to finish (a second signal exits at once)")
 	fs.IntVar(&cfg.Breaker.ErrorPercent, "breaker-error-percent", cfg.Breaker.ErrorPercent, "open a backend's circuit when this percentage of its requests fail (1..100)")
-	fs.IntVar(&cfg.Breaker.MinRequests, "breaker-min-requests", cfg.Breaker.MinRequests, "requests in the 10 s window before a circuit may open")
+	fs.IntVar(&cfg.Breaker.MinRequests, "breaker-min-requests", cfg.Breaker.MinRequests, "requests in the 10 s window before a circuit may open by its error share")
+	fs.IntVar(&cfg.Breaker.ConsecutiveFailures, "breaker-consecutive-failures", cfg.Breaker.ConsecutiveFailures, "open a circuit after this many failures in a row, however few requests the window holds (0: off)")
 	fs.DurationVar(&cfg.Breaker.SleepWindow, "breaker-sleep", cfg.Breaker.SleepWindow, "how long an open circuit waits before one trial request")
 	fs.DurationVar(&cfg.Routes.DisputeAfter, "breaker-dispute-after", cfg.Routes.DisputeAfter,
 		"how long a peer's open circuit alone keeps a backend from this node; after it this node sends its own single request per -breaker-sleep (0: 2 × -breaker-sleep; else at least -breaker-sleep)")
