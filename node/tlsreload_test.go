@@ -98,24 +98,6 @@ func liveFiles(t *testing.T) TLSFiles {
 	return TLSFiles{Cert: filepath.Join(d, "cert.pem"), Key: filepath.Join(d, "key.pem"), CA: filepath.Join(d, "ca.pem")}
 }
 
-// fileSerial is the serial of the certificate in a PEM file.
-func fileSerial(t *testing.T, path string) *big.Int {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		t.Fatalf("%s: no PEM", path)
-	}
-	c, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c.SerialNumber
-}
-
 // served opens a new TLS connection to addr and returns the serial of the
 // certificate the server presented.
 func served(t *testing.T, addr string, cfg *tls.Config) *big.Int {
@@ -198,7 +180,7 @@ func TestReloadTLSAdmin(t *testing.T) {
 	clientA := clientTLS(t, dirA, "client")
 
 	first := served(t, addr, clientA)
-	if want := fileSerial(t, filepath.Join(dirA, "n1.pem")); first.Cmp(want) != 0 {
+	if want := testutil.CertSerial(t, filepath.Join(dirA, "n1.pem")); first.Cmp(want) != 0 {
 		t.Fatalf("served serial %X, want %X", first, want)
 	}
 	old := dialKept(t, addr, clientA)
@@ -238,7 +220,7 @@ func TestReloadTLSAdmin(t *testing.T) {
 	if err := n.ReloadTLS(); err != nil {
 		t.Fatalf("ReloadTLS to CA B: %v", err)
 	}
-	setB := fileSerial(t, filepath.Join(dirB, "n1.pem"))
+	setB := testutil.CertSerial(t, filepath.Join(dirB, "n1.pem"))
 	if got := served(t, addr, clientTLS(t, dirB, "client")); got.Cmp(setB) != 0 {
 		t.Fatalf("serial %X after the switch to CA B, want %X", got, setB)
 	}
@@ -331,7 +313,7 @@ func TestReloadTLSRaft(t *testing.T) {
 	})
 	n2 := nodes[1]
 	raftClient := clientTLS(t, dir, "n1") // raft wants a node certificate
-	if got, want := served(t, n2.store.RaftAddr(), raftClient), fileSerial(t, filepath.Join(dir, "n2.pem")); got.Cmp(want) != 0 {
+	if got, want := served(t, n2.store.RaftAddr(), raftClient), testutil.CertSerial(t, filepath.Join(dir, "n2.pem")); got.Cmp(want) != 0 {
 		t.Fatalf("n2's raft serves %X, want %X", got, want)
 	}
 

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"math/big"
 	"net"
 	"os"
@@ -69,7 +67,7 @@ func TestProcSIGHUPReloadsTLS(t *testing.T) {
 	}
 
 	certs(true)
-	rotated := pemSerial(t, f("n1.pem"))
+	rotated := testutil.CertSerial(t, f("n1.pem"))
 	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
@@ -109,21 +107,4 @@ func TestProcSIGHUPReloadsTLS(t *testing.T) {
 	if s, err := handshake(); err != nil || s.Cmp(rotated) != 0 {
 		t.Fatalf("after the refused reload: serial %v, %v; want the rotated %X", s, err, rotated)
 	}
-}
-
-func pemSerial(t *testing.T, path string) *big.Int {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		t.Fatalf("%s: no PEM", path)
-	}
-	c, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c.SerialNumber
 }
