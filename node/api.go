@@ -118,7 +118,7 @@ func (v membersView) Members() admin.Members {
 		}
 	}
 	self := admin.Member{Name: n.cfg.Name, GossipAddr: n.GossipAddr(), AdminAddr: n.adminAdvertised(), Status: "alive",
-		RaftRole: roles[n.cfg.Name], Leader: leader == n.cfg.Name, AppliedIndex: n.store.AppliedIndex()}
+		RaftRole: roles[n.cfg.Name], Leader: leader == n.cfg.Name, AppliedIndex: n.appliedIndex()}
 	if n.gossip == nil {
 		return admin.Members{Members: []admin.Member{self}}
 	}
@@ -140,8 +140,8 @@ type configView struct{ n *Node }
 
 func (v configView) Config() admin.Config {
 	n := v.n
-	if cfg := n.store.Config(); cfg.Index > 0 {
-		return admin.ConfigOf(cfg)
+	if cfg := n.routed.Load(); cfg != nil {
+		return admin.ConfigOf(*cfg)
 	}
 	// Nothing committed yet: the static seed this node routes on.
 	n.mu.Lock()

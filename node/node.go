@@ -306,6 +306,9 @@ type Node struct {
 	consul    consulSource // nil without -consul-service / -consul-kv
 
 	replicated atomic.Bool // a committed config has been applied
+	// routed is the committed config the proxy routes on, set once the
+	// routing table has it (consensus loop); nil before the first.
+	routed atomic.Pointer[consensus.Config]
 
 	metaMu   sync.Mutex        // guards lastMeta
 	lastMeta map[string]string // gossip metadata last advertised

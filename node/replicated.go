@@ -134,6 +134,15 @@ func (n *Node) consensusLoop(ctx context.Context) {
 	}
 }
 
+// appliedIndex is the config index this node routes on: 0 before it has
+// routed on a committed config.
+func (n *Node) appliedIndex() uint64 {
+	if c := n.routed.Load(); c != nil {
+		return c.Index
+	}
+	return 0
+}
+
 // applyReplicated hands the committed config to the proxy.
 func (n *Node) applyReplicated() {
 	cfg := n.store.Config()
@@ -145,6 +154,10 @@ func (n *Node) applyReplicated() {
 		bs[i] = proxy.Backend{ID: b.ID, Address: b.Address, Weight: b.Weight, Drain: b.Drain}
 	}
 	n.setBackends(bs)
+	// Only now does this node route on cfg: what it reports as applied (the
+	// admin API's config, the "applied" it gossips for ?wait=applied) must
+	// not run ahead of its routing table.
+	n.routed.Store(&cfg)
 	if !n.replicated.Swap(true) {
 		n.warnIgnoredFlags(cfg)
 	}
@@ -211,7 +224,7 @@ func (n *Node) meta() map[string]string {
 	if id := n.store.ClusterID(); id != "" {
 		m[gossip.MetaCluster] = id
 	}
-	m[metaApplied] = strconv.FormatUint(n.store.AppliedIndex(), 10)
+	m[metaApplied] = strconv.FormatUint(n.appliedIndex(), 10)
 	return m
 }
 
@@ -711,6 +724,9 @@ func (n *Node) behind(idx uint64) (lagging, unheard []string) {
 	}
 	for _, s := range servers {
 		if s.ID == n.cfg.Name {
+			if applied := n.appliedIndex(); applied < idx {
+				lagging = append(lagging, fmt.Sprintf("%s (at %d)", s.ID, applied))
+			}
 			continue
 		}
 		m, ok := members[s.ID]
