@@ -45,22 +45,7 @@ func TestStreamSetConfigKeepsNodeCheckAndOpenConns(t *testing.T) {
 	dir := testPKI(t, "n0", "n1")
 	pool := poolOf(t, dir)
 	oldCert, newCert := pairOf(t, dir, "n0"), signWithCA(t, dir, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s0 := newTLSStream(ln, nil, &tls.Config{Certificates: []tls.Certificate{oldCert}, RootCAs: pool, ClientCAs: pool}, testLogger(t))
-	t.Cleanup(func() { s0.Close() })
-	accepted := make(chan net.Conn, 4)
-	go func() {
-		for {
-			c, err := s0.Accept()
-			if err != nil {
-				return
-			}
-			accepted <- c
-		}
-	}()
+	s0, accepted := startStream(t, &tls.Config{Certificates: []tls.Certificate{oldCert}, RootCAs: pool, ClientCAs: pool})
 	addr := s0.Addr().String()
 	n1 := pairOf(t, dir, "n1")
 
@@ -68,8 +53,7 @@ func TestStreamSetConfigKeepsNodeCheckAndOpenConns(t *testing.T) {
 		t.Fatalf("served serial %v before the change, want the first certificate's %v", got, serialOf(t, oldCert))
 	}
 	(<-accepted).Close()
-	s1 := newTLSStream(mustListen(t), nil, &tls.Config{Certificates: []tls.Certificate{n1}, RootCAs: pool, ClientCAs: pool}, testLogger(t))
-	t.Cleanup(func() { s1.Close() })
+	s1, _ := startStream(t, &tls.Config{Certificates: []tls.Certificate{n1}, RootCAs: pool, ClientCAs: pool})
 	before, err := s1.Dial(raft.ServerAddress(addr), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -116,13 +100,27 @@ func TestStreamSetConfigKeepsNodeCheckAndOpenConns(t *testing.T) {
 	}
 }
 
-func mustListen(t *testing.T) net.Listener {
+// startStream runs a TLS stream layer on a loopback port until the test
+// ends, passing every connection it accepts to accepted.
+func startStream(t *testing.T, cfg *tls.Config) (s *tlsStream, accepted <-chan net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ln
+	s = newTLSStream(ln, nil, cfg, testLogger(t))
+	t.Cleanup(func() { s.Close() })
+	ch := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := s.Accept()
+			if err != nil {
+				return
+			}
+			ch <- c
+		}
+	}()
+	return s, ch
 }
 
 // TestSetTLSRefusesAndKeeps: a setting that could not work is refused and

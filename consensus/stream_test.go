@@ -169,22 +169,7 @@ func TestRaftRefusesOperatorCertificate(t *testing.T) {
 	nodeCfg := func(name string) *tls.Config {
 		return &tls.Config{Certificates: []tls.Certificate{pairOf(t, dir, name)}, RootCAs: pool, ClientCAs: pool}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s0 := newTLSStream(ln, nil, nodeCfg("n0"), testLogger(t))
-	t.Cleanup(func() { s0.Close() })
-	accepted := make(chan net.Conn, 4)
-	go func() {
-		for {
-			c, err := s0.Accept()
-			if err != nil {
-				return
-			}
-			accepted <- c
-		}
-	}()
+	s0, accepted := startStream(t, nodeCfg("n0"))
 	addr := s0.Addr().String()
 
 	// The operator's certificate: TLS 1.3 lets the client finish its side
@@ -209,12 +194,7 @@ func TestRaftRefusesOperatorCertificate(t *testing.T) {
 	}
 
 	// A node certificate is still accepted.
-	ln1, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s1 := newTLSStream(ln1, nil, nodeCfg("n1"), testLogger(t))
-	t.Cleanup(func() { s1.Close() })
+	s1, _ := startStream(t, nodeCfg("n1"))
 	nc, err := s1.Dial(raft.ServerAddress(addr), 5*time.Second)
 	if err != nil {
 		t.Fatalf("node n1 dialling n0: %v", err)
