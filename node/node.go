@@ -305,7 +305,6 @@ type Node struct {
 	store     *consensus.Store
 	consul    consulSource // nil without -consul-service / -consul-kv
 
-	replicated atomic.Bool // a committed config has been applied
 	// routed is the committed config the proxy routes on, set once the
 	// routing table has it (consensus loop); nil before the first.
 	routed atomic.Pointer[consensus.Config]

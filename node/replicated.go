@@ -157,8 +157,7 @@ func (n *Node) applyReplicated() {
 	// Only now does this node route on cfg: what it reports as applied (the
 	// admin API's config, the "applied" it gossips for ?wait=applied) must
 	// not run ahead of its routing table.
-	n.routed.Store(&cfg)
-	if !n.replicated.Swap(true) {
+	if n.routed.Swap(&cfg) == nil {
 		n.warnIgnoredFlags(cfg)
 	}
 	n.advertise()
