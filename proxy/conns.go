@@ -164,11 +164,10 @@ type backendConn struct {
 	readLimit int64 // bytes the response headers may still take
 	nread     int64 // response bytes read in this exchange
 	nwritten  int64 // request bytes that reached the connection
-	// writeIdle, when set, bounds each write of the request (the backend
-	// stopped reading the body); wmoved is when its deadline last moved.
-	writeIdle time.Duration
-	wmoved    time.Time
-	ctx       context.Context // the exchange's request context, for deadline moves
+	// write, when set, bounds each write of the request (the backend
+	// stopped reading the body).
+	write idleDeadline
+	ctx   context.Context // the exchange's request context, for deadline moves
 }
 
 // Read reads from the backend, refusing to go past the header limit.
@@ -184,13 +183,10 @@ func (bc *backendConn) Read(p []byte) (int, error) {
 
 // Write writes to the backend, counting what got through.
 func (bc *backendConn) Write(p []byte) (int, error) {
-	if bc.writeIdle > 0 {
-		if now := time.Now(); now.Sub(bc.wmoved) >= bc.writeIdle/deadlineSteps {
-			bc.wmoved = now
-			_ = bc.c.SetWriteDeadline(now.Add(bc.writeIdle))
-			if bc.ctx.Err() != nil {
-				bc.cancel()
-			}
+	if d, ok := bc.write.next(); ok {
+		_ = bc.c.SetWriteDeadline(d)
+		if bc.ctx.Err() != nil {
+			bc.cancel()
 		}
 	}
 	n, err := bc.c.Write(p)
@@ -214,6 +210,27 @@ func (bc *backendConn) setReadDeadline(d time.Time) {
 // per read or write. A peer is therefore cut off after between 15/16 of the
 // timeout and the timeout of silence.
 const deadlineSteps = 16
+
+// idleDeadline is a deadline that follows progress: a peer that moves no
+// byte for idle is cut off. next gives the deadline to set, at most every
+// idle/deadlineSteps; a zero idle never sets one. Only the goroutine doing
+// the I/O it bounds calls next.
+type idleDeadline struct {
+	idle  time.Duration
+	moved time.Time // when the deadline last moved
+}
+
+func (d *idleDeadline) next() (time.Time, bool) {
+	if d.idle <= 0 {
+		return time.Time{}, false
+	}
+	now := time.Now()
+	if now.Sub(d.moved) < d.idle/deadlineSteps {
+		return time.Time{}, false
+	}
+	d.moved = now
+	return now.Add(d.idle), true
+}
 
 func (t *backendTransport) dial(ctx context.Context, p *connPool) (*backendConn, error) {
 	c, err := t.dialer.DialContext(ctx, "tcp", p.addr)
@@ -282,7 +299,7 @@ func (t *backendTransport) exchange(bc *backendConn, req *http.Request, body *re
 	var w *bodyWriter
 	if req.Body != nil && req.Body != http.NoBody {
 		w = &bodyWriter{bc: bc, req: req, body: body, responseTimeout: t.responseTimeout, done: make(chan struct{})}
-		bc.writeIdle, bc.wmoved = t.responseTimeout, time.Time{}
+		bc.write = idleDeadline{idle: t.responseTimeout}
 		go w.run()
 	} else {
 		// No deadline on the write: the client's context bounds it. The
@@ -335,7 +352,7 @@ func (t *backendTransport) exchange(bc *backendConn, req *http.Request, body *re
 		release(bc, w, stop, reusable)
 		return resp, false, nil
 	}
-	resp.Body = &pooledBody{bc: bc, w: w, body: resp.Body, stop: stop, reusable: reusable, idle: t.tunnelIdle}
+	resp.Body = &pooledBody{bc: bc, w: w, body: resp.Body, stop: stop, reusable: reusable, read: idleDeadline{idle: t.tunnelIdle}}
 	return resp, false, nil
 }
 
@@ -459,7 +476,7 @@ func (w *bodyWriter) run() {
 	if err == nil {
 		err = bc.bw.Flush()
 	}
-	bc.writeIdle = 0
+	bc.write = idleDeadline{}
 	if err != nil {
 		w.err = err
 		// The response reader has no deadline while the request goes
@@ -622,16 +639,12 @@ type pooledBody struct {
 	reusable bool
 	eof      bool
 	closed   atomic.Bool
-	idle     time.Duration // 0: no bound
-	moved    time.Time     // when the read deadline last moved; the reader's alone
+	read     idleDeadline // the backend's silence; the reader's alone
 }
 
 func (b *pooledBody) Read(p []byte) (int, error) {
-	if b.idle > 0 {
-		if now := time.Now(); now.Sub(b.moved) >= b.idle/deadlineSteps {
-			b.moved = now
-			b.bc.setReadDeadline(now.Add(b.idle))
-		}
+	if d, ok := b.read.next(); ok {
+		b.bc.setReadDeadline(d)
 	}
 	n, err := b.body.Read(p)
 	if err == io.EOF {

@@ -96,7 +96,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// ReverseProxy hides the body behind its own wrapper; the context
 		// carries it to RoundTrip. The request is copied so that the
 		// server's own view of its body stays as it was.
-		body := &replayBody{src: r.Body, ctl: http.NewResponseController(w), idle: p.cfg.ClientIdleTimeout}
+		body := &replayBody{src: r.Body, ctl: http.NewResponseController(w), read: idleDeadline{idle: p.cfg.ClientIdleTimeout}}
 		r = r.WithContext(context.WithValue(r.Context(), replayBodyKey{}, body))
 		r.Body = body
 	}
@@ -113,17 +113,16 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type clientWriter struct {
 	http.ResponseWriter
 	ctl   http.ResponseController
-	idle  time.Duration
-	moved time.Time // when the write deadline last moved
+	write idleDeadline
 }
 
 // start binds cw to one request. The deadline is set at once: the headers
 // (and any 1xx answer) go out before the first Write, and a deadline left
 // by the connection's previous request may be long past.
 func (cw *clientWriter) start(w http.ResponseWriter, idle time.Duration) {
-	cw.ResponseWriter, cw.ctl, cw.idle = w, *http.NewResponseController(w), idle
-	cw.moved = time.Now()
-	_ = cw.ctl.SetWriteDeadline(cw.moved.Add(idle))
+	cw.ResponseWriter, cw.ctl = w, *http.NewResponseController(w)
+	cw.write = idleDeadline{idle: idle, moved: time.Now()}
+	_ = cw.ctl.SetWriteDeadline(cw.write.moved.Add(idle))
 }
 
 func (cw *clientWriter) Write(p []byte) (int, error) {
@@ -158,9 +157,8 @@ func (cw *clientWriter) FlushError() error {
 // progress moves the write deadline forward, at most every
 // idle/deadlineSteps.
 func (cw *clientWriter) progress() {
-	if now := time.Now(); now.Sub(cw.moved) >= cw.idle/deadlineSteps {
-		cw.moved = now
-		_ = cw.ctl.SetWriteDeadline(now.Add(cw.idle))
+	if d, ok := cw.write.next(); ok {
+		_ = cw.ctl.SetWriteDeadline(d)
 	}
 }
 
@@ -179,7 +177,7 @@ func (cw *clientWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return c, brw, err
 	}
 	_ = c.SetDeadline(time.Time{})
-	sc := &stallConn{Conn: c, stall: cw.idle}
+	sc := &stallConn{Conn: c, stall: cw.write.idle}
 	// ReverseProxy copies the client's side of the tunnel from the
 	// connection itself; bytes the client sent right behind its upgrade
 	// request already sit in the server's buffer and would be lost.
@@ -355,10 +353,9 @@ type replayBodyKey struct{}
 // and it can be told to give up. Close is left to the server, which closes
 // the incoming body once the handler returns.
 type replayBody struct {
-	src   io.ReadCloser
-	ctl   *http.ResponseController // the client's connection; nil: no deadlines
-	idle  time.Duration
-	moved time.Time // when the read deadline last moved; only the reading goroutine touches it
+	src  io.ReadCloser
+	ctl  *http.ResponseController // the client's connection; nil: no deadlines
+	read idleDeadline             // only the reading goroutine touches it
 
 	// inRead and aborted are a handshake: whichever of Read and abort
 	// comes second sees the other's flag.
@@ -381,9 +378,8 @@ func (b *replayBody) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	if b.ctl != nil {
-		if now := time.Now(); now.Sub(b.moved) >= b.idle/deadlineSteps {
-			b.moved = now
-			_ = b.ctl.SetReadDeadline(now.Add(b.idle))
+		if d, ok := b.read.next(); ok {
+			_ = b.ctl.SetReadDeadline(d)
 		}
 	}
 	b.inRead.Store(true)
